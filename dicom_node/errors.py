@@ -1,0 +1,60 @@
+"""The node's error tree; each error knows the DIMSE status or job outcome it maps to.
+
+    NodeError
+    ├── ConfigError            invalid settings; names the key                 (start-up refused)
+    ├── StoreError             a C-STORE the node cannot accept                (DIMSE status)
+    │   ├── OutOfResources     disk or database failure: 0xA700, sender retries
+    │   └── CannotUnderstand   unreadable dataset or invalid UIDs: 0xC2xx
+    ├── NotAnalysable          an image the model must not read                (image skipped, reason)
+    └── DeliveryError          a destination refused or could not be reached   (delivery failed)
+"""
+
+from __future__ import annotations
+
+
+class NodeError(Exception):
+    """Base of every error the node raises on purpose."""
+
+
+class ConfigError(NodeError):
+    """A setting is missing or invalid. The message names the key."""
+
+
+class StoreError(NodeError):
+    """A C-STORE request the node cannot accept; `status` is the DIMSE status to return."""
+
+    status: int = 0xC000
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class OutOfResources(StoreError):
+    """The node could not store durably (disk full, database down): 0xA700, try again later."""
+
+    status = 0xA700
+
+
+class CannotUnderstand(StoreError):
+    """The dataset cannot be read or its identifying UIDs are missing or invalid.
+
+    0xC210: the dataset cannot be parsed; 0xC221: a required UID is missing or invalid;
+    0xC222: the dataset's SOP Instance UID differs from the request's.
+    """
+
+    status = 0xC210
+
+
+UNREADABLE_DATASET = 0xC210
+INVALID_UID = 0xC221
+UID_MISMATCH = 0xC222
+
+
+class NotAnalysable(NodeError):
+    """An image the model must not read (not a frontal chest CR/DX, unsupported pixels)."""
+
+
+class DeliveryError(NodeError):
+    """A result could not be delivered to a destination."""
