@@ -57,6 +57,7 @@ def _try_claim(
         if job.attempts >= max_attempts:
             _give_up(session, job, now)
             return None
+        attempt, study = job.attempts + 1, job.study_instance_uid
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, _claimable(now))  # type: ignore[arg-type]
@@ -70,7 +71,7 @@ def _try_claim(
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return None  # another worker was faster
-        return ClaimedJob(id=job_id, study_instance_uid=job.study_instance_uid, attempt=job.attempts + 1)
+        return ClaimedJob(id=job_id, study_instance_uid=study, attempt=attempt)
 
 
 def _give_up(session: Session, job: Job, now: dt.datetime) -> None:

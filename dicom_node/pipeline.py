@@ -1,0 +1,267 @@
+"""The pipeline of one study, in one place:
+
+    load sources -> select images -> preprocess -> infer -> explain (Grad-CAM)
+    -> encode SR + SC -> store results and deliveries -> send -> job done | skipped | failed
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydicom import Dataset, dcmread
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node import audit
+from dicom_node.audit import Event, Outcome
+from dicom_node.bundle import Bundle
+from dicom_node.db import Delivery, Instance, Result, Skip, utcnow
+from dicom_node.deliveries import deliver
+from dicom_node.domain import (
+    FindingResult,
+    ImageResult,
+    JobOutcome,
+    PreparedImage,
+    SkippedImage,
+    SourceImage,
+    StudyResult,
+)
+from dicom_node.explain import gradcam, map_to_display
+from dicom_node.infer import Classifier
+from dicom_node.jobs import ClaimedJob
+from dicom_node.preprocess import PreprocessError, display_uint8, render_for_display, to_model_input
+from dicom_node.selection import skip_reason
+from dicom_node.send import Sender
+from dicom_node.settings import Destination, Settings
+from dicom_node.spool import Spool
+from structured_reports.sc import build_gradcam_sc
+from structured_reports.sr import build_classification_sr
+
+log = logging.getLogger(__name__)
+
+SR_SERIES_NUMBER = 9901
+SC_SERIES_NUMBER = 9902
+
+
+@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class Services:
+    """What a worker needs, built once per process and passed explicitly."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    spool: Spool
+    bundle: Bundle
+    classifier: Classifier
+    sender: Sender
+    model_lock: threading.Lock
+
+    @property
+    def model_label(self) -> str:
+        identity = self.bundle.identity
+        return f"{identity.name} {identity.version} sha256:{identity.weights_sha256[:12]}"
+
+
+def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:
+    """Analyse one study and deliver its results; each stage is a plain function below."""
+    sources = load_sources(ctx.sessions, job.study_instance_uid)
+    eligible, skipped = select_images(sources, ctx.settings.require_view_position)
+    prepared, unreadable = prepare_images(eligible, ctx.bundle, ctx.settings.sc_max_side)
+    images = analyse(ctx, prepared)
+    study = StudyResult(
+        study_instance_uid=job.study_instance_uid,
+        model=ctx.bundle.identity,
+        images=tuple(images),
+        skipped=(*skipped, *unreadable),
+    )
+    objects = encode_results(study)
+    delivery_ids = store_results(ctx, job, study, objects)
+    sent, failed = deliver(ctx.sessions, ctx.sender, delivery_ids, model=ctx.model_label)
+    return summarise(study, sent, failed)
+
+
+def load_sources(sessions: sessionmaker[Session], study_instance_uid: str) -> list[SourceImage]:
+    with sessions() as session:
+        paths = session.scalars(
+            select(Instance.path)
+            .where(Instance.study_instance_uid == study_instance_uid)
+            .order_by(Instance.received_at)
+        ).all()
+    return [SourceImage(path=Path(p), header=dcmread(p, stop_before_pixels=True)) for p in paths]
+
+
+def select_images(
+    sources: list[SourceImage], require_view_position: bool
+) -> tuple[list[SourceImage], list[SkippedImage]]:
+    eligible: list[SourceImage] = []
+    skipped: list[SkippedImage] = []
+    for source in sources:
+        reason = skip_reason(source.header, require_view_position=require_view_position)
+        if reason is None:
+            eligible.append(source)
+        else:
+            skipped.append(SkippedImage(source=source.header, reason=reason))
+    return eligible, skipped
+
+
+def prepare_images(
+    sources: list[SourceImage], bundle: Bundle, max_side: int
+) -> tuple[list[PreparedImage], list[SkippedImage]]:
+    """Decode and render each image as a viewer would; unsupported pixels become skips."""
+    prepared: list[PreparedImage] = []
+    skipped: list[SkippedImage] = []
+    for source in sources:
+        try:
+            image = render_for_display(dcmread(source.path))
+        except PreprocessError as exc:
+            skipped.append(SkippedImage(source=source.header, reason=f"pixel data: {exc}"))
+            continue
+        tensor, letterbox = to_model_input(
+            image, size=bundle.input_size, mean=bundle.mean, std=bundle.std
+        )
+        prepared.append(
+            PreparedImage(
+                header=source.header,
+                display=display_uint8(image, max_side=max_side),
+                model_input=tensor,
+                letterbox=letterbox,
+            )
+        )
+    return prepared, skipped
+
+
+def analyse(ctx: Services, prepared: list[PreparedImage]) -> list[ImageResult]:
+    """Classify all images as one batch, then Grad-CAM the findings above threshold."""
+    if not prepared:
+        return []
+    bundle = ctx.bundle
+    batch = torch.stack([p.model_input for p in prepared])
+    thresholds = np.asarray(bundle.thresholds)
+    with ctx.model_lock:
+        probabilities = ctx.classifier.predict(batch)
+        wanted = [np.flatnonzero(row >= thresholds).tolist() for row in probabilities]
+        cams = gradcam(ctx.classifier, batch, wanted)
+    return [
+        ImageResult(
+            source=p.header,
+            findings=tuple(
+                FindingResult(label=label, probability=float(prob), threshold=float(threshold))
+                for label, prob, threshold in zip(bundle.labels, row, bundle.thresholds, strict=True)
+            ),
+            display=p.display,
+            maps={
+                bundle.labels[index]: map_to_display(cam, p.letterbox, p.display.shape)
+                for index, cam in image_cams.items()
+            },
+        )
+        for p, row, image_cams in zip(prepared, probabilities, cams, strict=True)
+    ]
+
+
+def encode_results(study: StudyResult) -> list[Dataset]:
+    """The SR for the study (also when nothing could be analysed) and one SC per analysed image."""
+    objects = [build_classification_sr(study, series_number=SR_SERIES_NUMBER)]
+    objects += [
+        build_gradcam_sc(image, study.model, series_number=SC_SERIES_NUMBER, instance_number=number)
+        for number, image in enumerate(study.images, start=1)
+    ]
+    return objects
+
+
+def store_results(
+    ctx: Services, job: ClaimedJob, study: StudyResult, objects: list[Dataset]
+) -> list[int]:
+    """Write result files, then results, skips and pending deliveries in one transaction."""
+    paths = [_write_result(ctx.spool, ds) for ds in objects]
+    with ctx.sessions.begin() as session:
+        _add_findings(session, job.id, study)
+        _add_skips(session, job.id, study, ctx.model_label)
+        deliveries = [
+            _delivery(job, ds, path, destination)
+            for ds, path in zip(objects, paths, strict=True)
+            for destination in ctx.settings.destinations
+            if _wants(destination, ds)
+        ]
+        session.add_all(deliveries)
+        session.flush()
+        return [d.id for d in deliveries]
+
+
+def summarise(study: StudyResult, sent: int, failed: int) -> JobOutcome:
+    delivery = f"{sent} result object(s) delivered" + (f", {failed} failed" if failed else "")
+    if not study.analysed:
+        reasons = "; ".join(sorted({s.reason for s in study.skipped}))
+        return JobOutcome(state="skipped", detail=f"no image analysed ({reasons}); {delivery}")
+    present = sorted({f.label for image in study.images for f in image.present})
+    found = ", ".join(present) if present else "no finding above threshold"
+    return JobOutcome(state="done", detail=f"{len(study.images)} image(s): {found}; {delivery}")
+
+
+def _write_result(spool: Spool, ds: Dataset) -> Path:
+    path = spool.result_path(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    spool.store(path, buffer.getvalue())
+    return path
+
+
+def _add_findings(session: Session, job_id: int, study: StudyResult) -> None:
+    model = study.model
+    session.add_all(
+        Result(
+            job_id=job_id,
+            study_instance_uid=study.study_instance_uid,
+            sop_instance_uid=image.sop_instance_uid,
+            label=finding.label,
+            probability=finding.probability,
+            threshold=finding.threshold,
+            present=finding.present,
+            model_name=model.name,
+            model_version=model.version,
+            model_sha256=model.weights_sha256,
+        )
+        for image in study.images
+        for finding in image.findings
+    )
+
+
+def _add_skips(session: Session, job_id: int, study: StudyResult, model: str) -> None:
+    for skipped in study.skipped:
+        session.add(Skip(job_id=job_id, sop_instance_uid=skipped.sop_instance_uid, reason=skipped.reason))
+        audit.record(
+            session,
+            Event.IMAGE_SKIPPED,
+            Outcome.SKIPPED,
+            study_instance_uid=study.study_instance_uid,
+            sop_instance_uid=skipped.sop_instance_uid,
+            sop_class_uid=str(skipped.source.get("SOPClassUID", "")) or None,
+            job_id=job_id,
+            model=model,
+            detail=skipped.reason,
+        )
+
+
+def _wants(destination: Destination, ds: Dataset) -> bool:
+    is_sr = str(ds.Modality) == "SR"
+    return destination.send_sr if is_sr else destination.send_sc
+
+
+def _delivery(job: ClaimedJob, ds: Dataset, path: Path, destination: Destination) -> Delivery:
+    return Delivery(
+        job_id=job.id,
+        study_instance_uid=job.study_instance_uid,
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        path=str(path),
+        destination_ae=destination.ae_title,
+        destination_host=destination.host,
+        destination_port=destination.port,
+        state="pending",
+        attempts=0,
+        updated_at=utcnow(),
+    )

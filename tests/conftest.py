@@ -1,0 +1,92 @@
+"""Shared fixtures: settings in a temporary folder, a node on a free loopback port, synthetic
+chest studies written as DICOM files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from dicom_node.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from dicom_node.node import Node
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_BUNDLE = REPO / "models" / "cxr14-densenet121-demo"
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> SettingsFactory:
+    """Settings on a temporary SQLite file and spool, a free port, short quiet period."""
+
+    def factory(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "port": 0,
+            "database_url": f"sqlite:///{tmp_path / 'node.db'}",
+            "spool_dir": tmp_path / "spool",
+            "model_bundle": DEMO_BUNDLE,
+            "device": "cpu",
+            "quiet_seconds": 0.5,
+            "poll_seconds": 0.1,
+            "send_backoff_seconds": 0.05,
+        }
+        values.update(overrides)
+        return load_settings(environ={}, overrides=values)
+
+    return factory
+
+
+@pytest.fixture
+def receiver(make_settings: SettingsFactory) -> Iterator[Node]:
+    """A node that only receives (no workers, no model): for intake tests."""
+    from dicom_node.node import Node
+
+    with Node(make_settings(), workers=0) as node:
+        yield node
+
+
+def chest_image(
+    *,
+    study_uid: str,
+    findings: tuple[str, ...] = ("Cardiomegaly",),
+    view_position: str = "PA",
+    seed: int = 0,
+    size: tuple[int, int] = (512, 512),
+    **kwargs: Any,
+) -> Dataset:
+    """A synthetic chest radiograph (DX unless modality="CR") of the given study."""
+    from dicom_node.phantoms import make_phantom, phantom_dataset
+
+    rng = np.random.default_rng(seed)
+    phantom = make_phantom(rng, findings=findings, size=size)
+    return phantom_dataset(
+        phantom,
+        patient_id="TEST-PID-4711",
+        patient_name="Testperson^Secret",
+        study_uid=study_uid,
+        view_position=view_position,
+        **kwargs,
+    )
+
+
+def write_study(folder: Path, datasets: list[Dataset]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, ds in enumerate(datasets, start=1):
+        path = folder / f"{number:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def study_uid() -> str:
+    return str(generate_uid())
