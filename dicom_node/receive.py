@@ -229,6 +229,7 @@ class Ingest:
                 calling_ae=peer.calling_ae or "",
             )
             session.add(study)
+            session.flush()  # the study row first: instances refer to it
         study.state = "receiving"
         study.last_instance_at = now
         session.execute(  # a late instance re-opens the study: a queued analysis is superseded

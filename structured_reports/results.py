@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
-from pydicom.uid import generate_uid
 
 # Prefix under which the node derives its own UIDs (2.25 = UUID-derived, PS3.5 B.2).
 UID_PREFIX = "2.25."
+# Namespace of the name-based (version 5) UUIDs the node derives its UIDs from.
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-node:derived-uid")
 
 
 def derive_uid(*parts: str) -> str:
-    """A UID that is a pure function of `parts` (PS3.5 B.2, UUID-derived), so it is reproducible."""
-    return str(generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts]))
+    """A UID that is a pure function of `parts` (PS3.5 B.2, UUID-derived), so it is reproducible.
+
+    A name-based UUID (RFC 9562 version 5) of the JSON list of `parts`, so ("a.b", "c") and
+    ("a", "b.c") differ. (pydicom's `generate_uid(prefix=None, ...)` ignores its entropy sources
+    and returns a random UUID, so it cannot be used here.)
+    """
+    name = json.dumps([str(p) for p in parts])
+    return f"{UID_PREFIX}{uuid.uuid5(_UID_NAMESPACE, name).int}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -86,7 +95,9 @@ class ImageResult:
             raise ValueError("display must be a 2-D uint8 image")
         for label, cam in self.maps.items():
             if cam.shape != self.display.shape:
-                raise ValueError(f"map of {label!r} has shape {cam.shape}, display {self.display.shape}")
+                raise ValueError(
+                    f"map of {label!r} has shape {cam.shape}, display {self.display.shape}"
+                )
 
     @property
     def sop_instance_uid(self) -> str:
@@ -121,10 +132,17 @@ class StudyResult:
     def __post_init__(self) -> None:
         if not self.images and not self.skipped:
             raise ValueError("a study result needs at least one analysed or skipped image")
-        for item in (*self.images, *self.skipped):
-            if str(item.source.StudyInstanceUID) != self.study_instance_uid:
+        for source in self.sources:
+            if str(source.StudyInstanceUID) != self.study_instance_uid:
                 raise ValueError("every image of a study result must belong to its study")
 
     @property
     def analysed(self) -> bool:
         return bool(self.images)
+
+    @property
+    def sources(self) -> tuple[Dataset, ...]:
+        """Headers of every image of the result: the analysed ones, then the skipped ones."""
+        return tuple(image.source for image in self.images) + tuple(
+            item.source for item in self.skipped
+        )

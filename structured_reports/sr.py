@@ -1,0 +1,275 @@
+"""The classification result of a study as a TID 1500 Measurement Report in a Comprehensive 3D SR.
+
+Content tree (PS3.16 TID 1500; one TID 1501 group per finding per analysed image):
+
+    Imaging Measurement Report
+      Language, Device Observer (the model), Procedure reported: Plain X-ray of chest
+      Image Library: the analysed images (or, when none was analysed, the images considered)
+      Imaging Measurements                                   only when an image was analysed
+        Measurement Group: tracking id, finding type, TID 4019 algorithm, source image,
+                           Probability (UCUM "1"), Presence of property: Present | Absent
+      Qualitative Evaluations: the disclaimer; "not analysed" and the reason of every skipped image
+
+Every UID is a pure function of its inputs (resends are idempotent; a changed result is a new
+instance): the series from (study, model device), the instance also from a digest of the content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from highdicom.sr import (
+    CodeContentItem,
+    Comprehensive3DSR,
+    ContainerContentItem,
+    ContentSequence,
+    ImageLibrary,
+    LanguageOfContentItemAndDescendants,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    QualitativeEvaluation,
+    RelationshipTypeValues,
+    SourceImageForMeasurementGroup,
+    TextContentItem,
+    TrackingIdentifier,
+)
+from highdicom.sr.templates import DEFAULT_LANGUAGE
+from pydicom import Dataset
+from pydicom.sr.codedict import codes as dicom_codes
+
+from structured_reports import codes
+from structured_reports.equipment import (
+    algorithm_identification,
+    apply_general_equipment,
+    contributing_equipment,
+    disclaimer,
+    observer_device_context,
+)
+from structured_reports.results import (
+    FindingResult,
+    ImageResult,
+    StudyResult,
+    derive_uid,
+)
+
+SERIES_DESCRIPTION = "AI chest X-ray findings (not for diagnostic use)"
+# Probabilities are stored as decimal strings (DS, 16 characters): rounded to read back exactly.
+PROBABILITY_DECIMALS = 6
+# highdicom describes projection radiographs (TID 1603) only with these two attributes present.
+_PROJECTION_DESCRIPTORS = ("PatientOrientation", "ImagerPixelSpacing")
+
+
+def build_classification_sr(
+    result: StudyResult,
+    *,
+    series_number: int = 9901,
+    instance_number: int = 1,
+    institution_name: str | None = None,
+) -> Dataset:
+    """Encode the findings of a study (or why it was not analysed) as a Comprehensive 3D SR.
+
+    Patient and study attributes are copied by highdicom from the source headers (the evidence).
+    The document is complete but unverified: an AI result that no person has signed.
+    """
+    model = result.model
+    sr = Comprehensive3DSR(
+        evidence=list(result.sources),
+        content=_report_content(result),
+        series_instance_uid=sr_series_uid(result),
+        series_number=series_number,
+        sop_instance_uid=sr_instance_uid(result),
+        instance_number=instance_number,
+        manufacturer=model.manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        institution_name=institution_name,
+        performed_procedure_codes=[codes.CHEST_RADIOGRAPH.coded()],
+        contributing_equipment=[contributing_equipment(model, institution_name=institution_name)],
+    )
+    sr.SeriesDescription = SERIES_DESCRIPTION
+    if _uses_local_codes(result):
+        sr.CodingSchemeIdentificationSequence = codes.coding_scheme_identification()
+    apply_general_equipment(sr, model)
+    return sr
+
+
+def sr_series_uid(result: StudyResult) -> str:
+    """Series Instance UID of the SR: one series per study and model version."""
+    return derive_uid("sr-series", result.study_instance_uid, result.model.device_uid)
+
+
+def sr_instance_uid(result: StudyResult) -> str:
+    """SOP Instance UID of the SR: changes whenever the encoded content changes."""
+    return derive_uid(
+        "sr", result.study_instance_uid, result.model.device_uid, content_digest(result)
+    )
+
+
+def content_digest(result: StudyResult) -> str:
+    """SHA-256 of what the SR states: per image the labels, rounded probabilities and thresholds;
+    per skipped image its reason. Independent of the order in which images are listed."""
+    images = sorted(
+        [image.sop_instance_uid, [_finding_key(f) for f in image.findings]]
+        for image in result.images
+    )
+    skipped = sorted([item.sop_instance_uid, item.reason] for item in result.skipped)
+    text = json.dumps({"images": images, "skipped": skipped}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def encoded_probability(finding: FindingResult) -> float:
+    """The probability as the SR stores it."""
+    return round(finding.probability, PROBABILITY_DECIMALS)
+
+
+def _finding_key(finding: FindingResult) -> list[object]:
+    return [finding.label, encoded_probability(finding), finding.threshold]
+
+
+def _uses_local_codes(result: StudyResult) -> bool:
+    return any(
+        codes.FINDING_CODES[finding.label].scheme == codes.LOCAL_SCHEME
+        for image in result.images
+        for finding in image.findings
+    )
+
+
+def _report_content(result: StudyResult) -> Dataset:
+    """The root CONTAINER of the TID 1500 tree."""
+    if result.images:
+        report = MeasurementReport(
+            observation_context=_observation_context(result),
+            procedure_reported=codes.CHEST_RADIOGRAPH.coded(),
+            imaging_measurements=_measurement_groups(result),
+            referenced_images=[_library_header(image.source) for image in result.images],
+        )
+        root: Dataset = report[0]
+    else:
+        root = _report_without_measurements(result)
+    root.ContentSequence.append(_qualitative_evaluations(result))
+    return root
+
+
+def _observation_context(result: StudyResult) -> ObservationContext:
+    return ObservationContext(observer_device_context=observer_device_context(result.model))
+
+
+def _report_without_measurements(result: StudyResult) -> ContainerContentItem:
+    """TID 1500 root for a study none of whose images was analysed.
+
+    highdicom's MeasurementReport insists on measurement groups; TID 1500 itself needs only one of
+    Imaging Measurements, Derived Imaging Measurements or Qualitative Evaluations, so this builds
+    the same rows highdicom would, and the caller adds the Qualitative Evaluations.
+    """
+    root = ContainerContentItem(name=dicom_codes.DCM.ImagingMeasurementReport, template_id="1500")
+    root.ContentSequence = ContentSequence()
+    root.ContentSequence.extend(LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE))
+    root.ContentSequence.extend(_observation_context(result))
+    root.ContentSequence.append(
+        CodeContentItem(
+            name=dicom_codes.DCM.ProcedureReported,
+            value=codes.CHEST_RADIOGRAPH.coded(),
+            relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
+        )
+    )
+    root.ContentSequence.extend(
+        ImageLibrary([_library_header(item.source) for item in result.skipped])
+    )
+    return root
+
+
+def _library_header(source: Dataset) -> Dataset:
+    """The attributes the Image Library entry of `source` is built from.
+
+    highdicom reads Patient Orientation and Imager Pixel Spacing of every projection radiograph;
+    when the source lacks either (both are optional for CR), the entry is described without them.
+    """
+    header = Dataset()
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "Modality", "Rows", "Columns"):
+        setattr(header, keyword, getattr(source, keyword))
+    if "FrameOfReferenceUID" in source:
+        header.FrameOfReferenceUID = source.FrameOfReferenceUID
+    if all(len(source.get(keyword) or ()) == 2 for keyword in _PROJECTION_DESCRIPTORS):
+        header.PatientOrientation = source.PatientOrientation
+        header.ImagerPixelSpacing = source.ImagerPixelSpacing
+    else:
+        # Modality only steers highdicom's choice of descriptors here; the copy is discarded.
+        header.Modality = "OT"
+    return header
+
+
+def _measurement_groups(result: StudyResult) -> list[MeasurementsAndQualitativeEvaluations]:
+    return [
+        _finding_group(result, image, number, finding)
+        for number, image in enumerate(result.images, start=1)
+        for finding in image.findings
+    ]
+
+
+def _finding_group(
+    result: StudyResult, image: ImageResult, number: int, finding: FindingResult
+) -> MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group: one finding of one image, its probability and the decision at threshold."""
+    model = result.model
+    algorithm = algorithm_identification(model, threshold=finding.threshold)
+    tracking_uid = derive_uid(
+        "sr-tracking",
+        result.study_instance_uid,
+        model.device_uid,
+        image.sop_instance_uid,
+        finding.label,
+    )
+    presence = codes.PRESENT if finding.present else codes.ABSENT
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=tracking_uid, identifier=f"{finding.label}, image {number}"
+        ),
+        finding_type=codes.finding_code(finding.label),
+        algorithm_id=algorithm,
+        measurements=[
+            Measurement(
+                name=codes.PROBABILITY.coded(),
+                value=encoded_probability(finding),
+                unit=codes.UNIT_PROBABILITY.coded(),
+            )
+        ],
+        qualitative_evaluations=[
+            QualitativeEvaluation(name=codes.PRESENCE.coded(), value=presence.coded())
+        ],
+        source_images=[
+            SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=str(image.source.SOPClassUID),
+                referenced_sop_instance_uid=image.sop_instance_uid,
+            )
+        ],
+    )
+
+
+def _qualitative_evaluations(result: StudyResult) -> ContainerContentItem:
+    """TID 1500 row 12: the disclaimer and, for each image not analysed, why."""
+    texts = [f"{disclaimer(result.model)} ({result.model.label})."]
+    if not result.images:
+        texts.append("Study not analysed: none of its images was suitable for the model.")
+    texts.extend(
+        f"Image not analysed (SOP Instance UID {item.sop_instance_uid}): {item.reason}"
+        for item in result.skipped
+    )
+    container = ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS.coded(),
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = ContentSequence(
+        [
+            TextContentItem(
+                name=codes.COMMENT.coded(),
+                value=text,
+                relationship_type=RelationshipTypeValues.CONTAINS,
+            )
+            for text in texts
+        ]
+    )
+    return container

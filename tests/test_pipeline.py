@@ -1,0 +1,210 @@
+"""The whole loop against real peers: DCMTK storescu as the modality, the node with the demo
+model, DCMTK storescp as the PACS. Every accepted transfer syntax and MONOCHROME1 CR are
+analysed; every SR and SC passes dciodvfy; skips are explicit; the audit trail is complete."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.uid import (
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+from sqlalchemy import select
+
+from dicom_node.db import AuditEvent, Job, Result, Skip
+from dicom_node.node import Node
+from tests.conftest import chest_image, write_study
+from tests.dicom_validators import dciodvfy_errors
+from tests.peers import StoreSCP, storescu
+
+pytestmark = pytest.mark.integration
+
+Prepare = Callable[[Path], Path]
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
+    with StoreSCP(tmp_path_factory.mktemp("pacs"), aet="PACS") as scp:
+        yield scp
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, pacs: StoreSCP) -> Iterator[Node]:
+    """One node with the demo model for the module (the model loads once)."""
+    from dicom_node.settings import load_settings
+    from tests.conftest import DEMO_BUNDLE
+
+    root = tmp_path_factory.mktemp("node")
+    settings = load_settings(
+        environ={},
+        overrides={
+            "port": 0,
+            "database_url": f"sqlite:///{root / 'node.db'}",
+            "spool_dir": root / "spool",
+            "model_bundle": DEMO_BUNDLE,
+            "device": "cpu",
+            "quiet_seconds": 0.5,
+            "poll_seconds": 0.1,
+            "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+        },
+    )
+    with Node(settings) as running:
+        yield running
+
+
+def _dcmtk(args: list[str]) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def _jpeg_lossless(path: Path) -> Path:
+    out = path.with_suffix(".jpeg-lossless.dcm")
+    _dcmtk(["/usr/bin/dcmcjpeg", str(path), str(out)])  # default: lossless, process 14 SV1
+    return out
+
+
+def _deflate(path: Path) -> Path:
+    out = path.with_suffix(".deflated.dcm")
+    _dcmtk(["/usr/bin/dcmconv", "+td", str(path), str(out)])
+    return out
+
+
+def _pydicom(syntax: str) -> Prepare:
+    def prepare(path: Path) -> Path:
+        ds = dcmread(path)
+        ds.compress(syntax)
+        out = path.with_suffix(f".{syntax}.dcm")
+        ds.save_as(out, enforce_file_format=True)
+        return out
+
+    return prepare
+
+
+def _as_is(path: Path) -> Path:
+    return path
+
+
+VARIANTS: dict[str, tuple[dict[str, object], Prepare, str]] = {
+    "explicit-le-dx": ({}, _as_is, "1.2.840.10008.1.2.1"),
+    "monochrome1-cr": ({"modality": "CR", "photometric": "MONOCHROME1"}, _as_is, "1.2.840.10008.1.2.1"),
+    "jpeg-lossless": ({}, _jpeg_lossless, "1.2.840.10008.1.2.4.70"),
+    "jpeg-ls": ({}, _pydicom(JPEGLSLossless), JPEGLSLossless),
+    "jpeg-2000": ({}, _pydicom(JPEG2000Lossless), JPEG2000Lossless),
+    "rle": ({}, _pydicom(RLELossless), RLELossless),
+    "deflate": ({}, _deflate, "1.2.840.10008.1.2.1.99"),
+}
+
+
+def _wait_job(node: Node, study_uid: str, timeout: float = 60.0) -> Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with node.sessions() as session:
+            job = session.scalars(
+                select(Job).where(Job.study_instance_uid == study_uid).order_by(Job.id.desc())
+            ).first()
+            if job is not None and job.state in {"done", "skipped", "failed"}:
+                return job
+        time.sleep(0.1)
+    raise TimeoutError(f"study not finished in {timeout} s")
+
+
+def _results_of(pacs: StoreSCP, study_uid: str, n: int) -> dict[str, Dataset]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = [dcmread(p) for p in pacs.received()]
+        mine = {str(ds.Modality): ds for ds in found if ds.StudyInstanceUID == study_uid}
+        if len(mine) >= n:
+            return mine
+        time.sleep(0.1)
+    raise TimeoutError("results did not reach the PACS")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_each_input_variant_is_analysed_and_results_validate(
+    variant: str, node: Node, pacs: StoreSCP, tmp_path: Path
+) -> None:
+    """The study is analysed (14 findings), SR and SC reach the PACS in the source study, and
+    both pass dciodvfy without errors."""
+    options, prepare, syntax = VARIANTS[variant]
+    study_uid = str(generate_uid())
+    (plain,) = write_study(tmp_path, [chest_image(study_uid=study_uid, **options)])  # type: ignore[arg-type]
+    source = prepare(plain)
+    assert str(dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
+    sent = storescu([source], port=node.port, calling="MODALITY")
+    assert sent.returncode == 0, sent.stderr
+    job = _wait_job(node, study_uid)
+    assert job.state == "done", job.detail
+    with node.sessions() as session:
+        labels = session.scalars(select(Result.label).where(Result.job_id == job.id)).all()
+    assert len(labels) == 14
+    results = _results_of(pacs, study_uid, 2)
+    sr, sc = results["SR"], results["OT"]
+    assert sr.SeriesInstanceUID != sc.SeriesInstanceUID
+    assert sc.PatientID == sr.PatientID == "TEST-PID-4711"
+    for ds in (sr, sc):
+        assert dciodvfy_errors(ds, tmp_path) == []
+
+
+def test_lateral_is_skipped_with_reason_and_frontal_analysed(
+    node: Node, pacs: StoreSCP, tmp_path: Path
+) -> None:
+    """PA + lateral: the PA is analysed, the lateral is recorded as skipped with its reason."""
+    study_uid = str(generate_uid())
+    pa = chest_image(study_uid=study_uid, findings=("Effusion",), seed=3)
+    lateral = chest_image(study_uid=study_uid, findings=(), view_position="LL", seed=4)
+    assert storescu(write_study(tmp_path, [pa, lateral]), port=node.port).returncode == 0
+    job = _wait_job(node, study_uid)
+    assert job.state == "done"
+    with node.sessions() as session:
+        (skip,) = session.scalars(select(Skip).where(Skip.job_id == job.id)).all()
+        analysed = set(session.scalars(select(Result.sop_instance_uid).where(Result.job_id == job.id)))
+        skipped_events = session.scalars(
+            select(AuditEvent).where(AuditEvent.event_type == "image_skipped", AuditEvent.job_id == job.id)
+        ).all()
+    assert skip.sop_instance_uid == lateral.SOPInstanceUID
+    assert "LL" in skip.reason and "not frontal" in skip.reason
+    assert analysed == {str(pa.SOPInstanceUID)}
+    assert [e.sop_instance_uid for e in skipped_events] == [lateral.SOPInstanceUID]
+
+
+def test_study_without_eligible_image_is_skipped_and_still_reported(
+    node: Node, pacs: StoreSCP, tmp_path: Path
+) -> None:
+    """Only a non-chest image: the job is skipped with the reason and an SR saying so still
+    reaches the PACS (silence is never ambiguous); it passes dciodvfy."""
+    study_uid = str(generate_uid())
+    knee = chest_image(study_uid=study_uid, findings=(), body_part="KNEE")
+    assert storescu(write_study(tmp_path, [knee]), port=node.port).returncode == 0
+    job = _wait_job(node, study_uid)
+    assert job.state == "skipped"
+    assert "body part KNEE is not chest" in (job.detail or "")
+    sr = _results_of(pacs, study_uid, 1)["SR"]
+    assert dciodvfy_errors(sr, tmp_path) == []
+
+
+def test_audit_trail_shows_every_step_of_a_study(node: Node, pacs: StoreSCP, tmp_path: Path) -> None:
+    """Received, ready, started, sent (SR and SC), finished: in order, with model identity."""
+    study_uid = str(generate_uid())
+    assert storescu(write_study(tmp_path, [chest_image(study_uid=study_uid)]), port=node.port).returncode == 0
+    job = _wait_job(node, study_uid)
+    _results_of(pacs, study_uid, 2)
+    with node.sessions() as session:
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.study_instance_uid == study_uid).order_by(AuditEvent.id)
+        ).all()
+    kinds = [e.event_type for e in events]
+    assert kinds == [
+        "instance_received", "study_ready", "job_started", "result_sent", "result_sent", "job_finished",
+    ]
+    model = node.services.model_label if node.services else ""
+    assert "cxr14-densenet121-demo" in model
+    assert all(e.model == model for e in events[2:])
+    assert {e.called_ae for e in events if e.event_type == "result_sent"} == {"PACS"}
+    assert all(e.job_id == job.id for e in events[1:])
