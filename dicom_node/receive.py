@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import pydicom.config
 from pydicom import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -42,7 +43,6 @@ from dicom_node.audit import Event, Outcome, Peer
 from dicom_node.db import Instance, Job, Study, utcnow
 from dicom_node.errors import (
     UID_MISMATCH,
-    UNREADABLE_DATASET,
     CannotUnderstand,
     OutOfResources,
     StoreError,
@@ -324,6 +324,9 @@ def make_ae(settings: Settings) -> AE:
 
 def start_server(settings: Settings, ingest: Ingest) -> ThreadedAssociationServer:
     """Start listening in the background; the caller shuts the server down."""
+    # Real-world headers often bend VR rules; the node checks the values it relies on itself
+    # (uids.py) instead of letting pydicom warn (or, under -W error, fail) on every instance.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     ae = make_ae(settings)
     args: list[Any] = [ingest]
     handlers: list[Any] = [
