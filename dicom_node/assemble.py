@@ -31,7 +31,9 @@ def promote_ready_studies(sessions: sessionmaker[Session], quiet_seconds: float)
     return [uid for uid, last in candidates if _promote(sessions, uid, last, now)]
 
 
-def _promote(sessions: sessionmaker[Session], uid: str, last: dt.datetime, now: dt.datetime) -> bool:
+def _promote(
+    sessions: sessionmaker[Session], uid: str, last: dt.datetime, now: dt.datetime
+) -> bool:
     with sessions.begin() as session:
         claimed = session.execute(
             update(Study)

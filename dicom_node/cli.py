@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.errors import ConfigError, NodeError
 from dicom_node.log import configure_logging
@@ -135,7 +135,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     outcomes = sender.send(destination, files)
     for outcome in outcomes:
         status = "none" if outcome.status is None else f"0x{outcome.status:04X}"
-        print(f"{outcome.sop_instance_uid}: {'stored' if outcome.ok else 'FAILED'} (status {status})")
+        print(
+            f"{outcome.sop_instance_uid}: {'stored' if outcome.ok else 'FAILED'} (status {status})"
+        )
     return 0 if all(o.ok for o in outcomes) else 1
 
 

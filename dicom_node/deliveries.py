@@ -21,14 +21,20 @@ log = logging.getLogger(__name__)
 
 
 def deliver(
-    sessions: sessionmaker[Session], sender: Sender, delivery_ids: Sequence[int], *, model: str | None
+    sessions: sessionmaker[Session],
+    sender: Sender,
+    delivery_ids: Sequence[int],
+    *,
+    model: str | None,
 ) -> tuple[int, int]:
     """Send the given deliveries, record each outcome; return (sent, failed) counts."""
     with sessions() as session:
         rows = session.scalars(select(Delivery).where(Delivery.id.in_(delivery_ids))).all()
     groups: dict[Destination, list[Delivery]] = defaultdict(list)
     for row in rows:
-        key = Destination(ae_title=row.destination_ae, host=row.destination_host, port=row.destination_port)
+        key = Destination(
+            ae_title=row.destination_ae, host=row.destination_host, port=row.destination_port
+        )
         groups[key].append(row)
     sent = failed = 0
     for destination, group in groups.items():

@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.events import Event as PynetdicomEvent
-from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 from sqlalchemy import select
 
 from dicom_node.db import AuditEvent, Job, Result, Skip
@@ -38,7 +37,9 @@ class LocalPacs:
         for sop_class in (Comprehensive3DSRStorage, SecondaryCaptureImageStorage):
             ae.add_supported_context(sop_class)
         handlers: list[Any] = [(evt.EVT_C_STORE, self._store)]
-        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+        server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+        assert server is not None  # block=False always returns the server
+        self.server = server
         self.port = int(self.server.server_address[1])
 
     def _store(self, event: PynetdicomEvent) -> int:
@@ -94,7 +95,9 @@ def run_demo(workdir: Path, *, seed: int = 7, timeout: float = 180.0) -> int:
     )
     try:
         with Node(settings) as node:
-            print(f"node {settings.ae_title} listening on 127.0.0.1:{node.port}; PACS on :{pacs.port}")
+            print(
+                f"node {settings.ae_title} listening on 127.0.0.1:{node.port}; PACS on :{pacs.port}"
+            )
             study = make_demo_study(workdir / "study", seed)
             push = DimseSender(ae_title="MODALITY", attempts=1).send(
                 Destination(ae_title=settings.ae_title, host="127.0.0.1", port=node.port), study
@@ -126,8 +129,10 @@ def _report(node: Node, pacs: LocalPacs, job_id: int) -> None:
         skips = session.scalars(select(Skip).where(Skip.job_id == job_id)).all()
         events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
     if results:
-        print(f"\nfindings ({results[0].model_name} {results[0].model_version}, synthetic demo model,"
-              " not for diagnostic use):")
+        print(
+            f"\nfindings ({results[0].model_name} {results[0].model_version}, synthetic demo model,"
+            " not for diagnostic use):"
+        )
     for row in sorted(results, key=lambda r: -r.probability):
         mark = "PRESENT" if row.present else "absent "
         print(f"  {mark} {row.label:<20} p={row.probability:.3f} (threshold {row.threshold:.3f})")

@@ -42,7 +42,7 @@ class SourceImage:
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
 class PreparedImage:
-    """An eligible radiograph after preprocessing: shown as a viewer would, and as the model sees it."""
+    """An eligible radiograph after preprocessing: as a viewer shows it and as the model sees it."""
 
     header: Dataset
     display: npt.NDArray[np.uint8]

@@ -1,12 +1,12 @@
 """The node's error tree; each error knows the DIMSE status or job outcome it maps to.
 
-    NodeError
-    ├── ConfigError            invalid settings; names the key                 (start-up refused)
-    ├── StoreError             a C-STORE the node cannot accept                (DIMSE status)
-    │   ├── OutOfResources     disk or database failure: 0xA700, sender retries
-    │   └── CannotUnderstand   unreadable dataset or invalid UIDs: 0xC2xx
-    ├── NotAnalysable          an image the model must not read                (image skipped, reason)
-    └── DeliveryError          a destination refused or could not be reached   (delivery failed)
+NodeError
+├── ConfigError            invalid settings; names the key                 (start-up refused)
+├── StoreError             a C-STORE the node cannot accept                (DIMSE status)
+│   ├── OutOfResources     disk or database failure: 0xA700, sender retries
+│   └── CannotUnderstand   unreadable dataset or invalid UIDs: 0xC2xx
+├── NotAnalysable          an image the model must not read                (image skipped, reason)
+└── DeliveryError          a destination refused or could not be reached   (delivery failed)
 """
 
 from __future__ import annotations

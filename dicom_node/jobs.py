@@ -36,7 +36,14 @@ def claim(
             select(Job.id).where(_claimable(now)).order_by(Job.id).limit(8)  # type: ignore[arg-type]
         ).all()
     for job_id in ids:
-        claimed = _try_claim(sessions, job_id, worker, now, lease_seconds, max_attempts)
+        claimed = _try_claim(
+            sessions,
+            job_id,
+            worker,
+            now=now,
+            lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
+        )
         if claimed is not None:
             return claimed
     return None
@@ -46,6 +53,7 @@ def _try_claim(
     sessions: sessionmaker[Session],
     job_id: int,
     worker: str,
+    *,
     now: dt.datetime,
     lease_seconds: float,
     max_attempts: int,

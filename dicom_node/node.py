@@ -64,13 +64,20 @@ class Node:
     """Receiver and/or workers over one database; `start()` then `stop()` (or use `with`)."""
 
     def __init__(
-        self, settings: Settings, *, receive: bool = True, workers: int | None = None, sender: Sender | None = None
+        self,
+        settings: Settings,
+        *,
+        receive: bool = True,
+        workers: int | None = None,
+        sender: Sender | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = open_database(settings)
         self.receive = receive
         self.worker_count = settings.workers if workers is None else workers
-        self.services = build_services(settings, self.sessions, sender=sender) if self.worker_count else None
+        self.services = (
+            build_services(settings, self.sessions, sender=sender) if self.worker_count else None
+        )
         self.server: ThreadedAssociationServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -91,7 +98,9 @@ class Node:
         for number in range(self.worker_count):
             assert self.services is not None
             worker = Worker(self.services)
-            thread = threading.Thread(target=worker.run, args=(self._stop,), name=f"worker-{number}", daemon=True)
+            thread = threading.Thread(
+                target=worker.run, args=(self._stop,), name=f"worker-{number}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
         return self

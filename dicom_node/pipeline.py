@@ -1,7 +1,7 @@
 """The pipeline of one study, in one place:
 
-    load sources -> select images -> preprocess -> infer -> explain (Grad-CAM)
-    -> encode SR + SC -> store results and deliveries -> send -> job done | skipped | failed
+load sources -> select images -> preprocess -> infer -> explain (Grad-CAM)
+-> encode SR + SC -> store results and deliveries -> send -> job done | skipped | failed
 """
 
 from __future__ import annotations
@@ -151,7 +151,9 @@ def analyse(ctx: Services, prepared: list[PreparedImage]) -> list[ImageResult]:
             source=p.header,
             findings=tuple(
                 FindingResult(label=label, probability=float(prob), threshold=float(threshold))
-                for label, prob, threshold in zip(bundle.labels, row, bundle.thresholds, strict=True)
+                for label, prob, threshold in zip(
+                    bundle.labels, row, bundle.thresholds, strict=True
+                )
             ),
             display=p.display,
             maps={
@@ -232,7 +234,9 @@ def _add_findings(session: Session, job_id: int, study: StudyResult) -> None:
 
 def _add_skips(session: Session, job_id: int, study: StudyResult, model: str) -> None:
     for skipped in study.skipped:
-        session.add(Skip(job_id=job_id, sop_instance_uid=skipped.sop_instance_uid, reason=skipped.reason))
+        session.add(
+            Skip(job_id=job_id, sop_instance_uid=skipped.sop_instance_uid, reason=skipped.reason)
+        )
         audit.record(
             session,
             Event.IMAGE_SKIPPED,

@@ -7,15 +7,18 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pydicom.config
 from pydicom import Dataset
 from pydicom.uid import (
+    JPEG2000,
+    ComputedRadiographyImageStorage,
     DeflatedExplicitVRLittleEndian,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -26,13 +29,9 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event as PynetdicomEvent
-from pynetdicom.sop_class import (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    Verification,
-)
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
@@ -91,7 +90,7 @@ class ReceivedInstance:
 
 def read_request(event: PynetdicomEvent) -> ReceivedInstance:
     """Validate a C-STORE request without decoding pixels; raise CannotUnderstand when invalid."""
-    request = event.request
+    request = cast(C_STORE, event.request)
     sop_uid = checked_uid(request.AffectedSOPInstanceUID, "Affected SOP Instance UID")
     sop_class = checked_uid(request.AffectedSOPClassUID, "Affected SOP Class UID")
     try:
@@ -193,7 +192,9 @@ class Ingest:
         try:
             with self.sessions.begin() as session:
                 if not duplicate:
-                    self._upsert(session, item, peer, association, digest, path)
+                    self._upsert(
+                        session, item, peer, association=association, digest=digest, path=path
+                    )
                 audit.record(
                     session,
                     Event.INSTANCE_RECEIVED,
@@ -213,6 +214,7 @@ class Ingest:
         session: Session,
         item: ReceivedInstance,
         peer: Peer,
+        *,
         association: int,
         digest: str,
         path: str,
@@ -282,13 +284,15 @@ def handle_store(event: PynetdicomEvent, ingest: Ingest) -> int:
 
 
 def _sop_uid_or_none(event: PynetdicomEvent) -> str | None:
-    value = str(event.request.AffectedSOPInstanceUID or "")
+    value = str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "")
     return value if len(value) <= 64 else None
 
 
 def handle_accepted(event: PynetdicomEvent, ingest: Ingest) -> None:
     rejected = [str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts]
-    detail = f"refused presentation contexts: {', '.join(sorted(set(rejected)))}" if rejected else None
+    detail = (
+        f"refused presentation contexts: {', '.join(sorted(set(rejected)))}" if rejected else None
+    )
     with ingest.sessions.begin() as session:
         audit.record(session, Event.ASSOCIATION_ACCEPTED, peer=peer_of(event), detail=detail)
 
@@ -337,5 +341,6 @@ def start_server(settings: Settings, ingest: Ingest) -> ThreadedAssociationServe
         (evt.EVT_ABORTED, handle_closed, args),
     ]
     server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    assert server is not None  # block=False always returns the server
     log.info("listening as %s on %s:%s", settings.ae_title, settings.host, server.server_address[1])
     return server

@@ -4,7 +4,7 @@ gets a reason, recorded as a skip; nothing is dropped silently."""
 from __future__ import annotations
 
 from pydicom import Dataset
-from pynetdicom.sop_class import (
+from pydicom.uid import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
@@ -53,7 +53,11 @@ def _pixels(ds: Dataset) -> str | None:
 def _body_part(ds: Dataset) -> str | None:
     body_part = str(ds.get("BodyPartExamined", "")).upper()
     if body_part:
-        return None if any(w in body_part for w in CHEST_WORDS) else f"body part {body_part} is not chest"
+        return (
+            None
+            if any(w in body_part for w in CHEST_WORDS)
+            else f"body part {body_part} is not chest"
+        )
     described = " ".join(
         str(ds.get(k, "")) for k in ("StudyDescription", "SeriesDescription", "ProtocolName")
     ).upper()

@@ -72,7 +72,10 @@ class DimseSender:
                 delay = self.backoff_seconds * 2 ** (attempt - 1)
                 log.warning(
                     "%d result(s) not stored by %s (attempt %d), retrying in %.1f s",
-                    len(pending), destination, attempt, delay,
+                    len(pending),
+                    destination,
+                    attempt,
+                    delay,
                 )
                 self.sleep(delay)
         return list(outcomes.values())
@@ -121,5 +124,9 @@ def _store(assoc: Association, ds: Dataset, attempt: int) -> SendOutcome:
 
 def _failed(ds: Dataset, attempt: int, error: str) -> SendOutcome:
     return SendOutcome(
-        sop_instance_uid=str(ds.SOPInstanceUID), ok=False, status=None, attempts=attempt, error=error
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        ok=False,
+        status=None,
+        attempts=attempt,
+        error=error,
     )

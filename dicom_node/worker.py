@@ -77,7 +77,9 @@ class Worker:
     def _renew(self, job: ClaimedJob, done: threading.Event) -> None:
         interval = self.ctx.settings.lease_seconds / 3
         while not done.wait(interval):
-            if not jobs.renew(self.ctx.sessions, job.id, self.name, self.ctx.settings.lease_seconds):
+            if not jobs.renew(
+                self.ctx.sessions, job.id, self.name, self.ctx.settings.lease_seconds
+            ):
                 log.warning("job %d: lease lost", job.id)
                 return
 

@@ -15,7 +15,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node import jobs
 from dicom_node.assemble import promote_ready_studies
 from dicom_node.audit import Peer
-from dicom_node.db import AuditEvent, Job, Study, make_engine, make_session_factory, upgrade_schema, utcnow
+from dicom_node.db import (
+    AuditEvent,
+    Job,
+    Study,
+    make_engine,
+    make_session_factory,
+    upgrade_schema,
+    utcnow,
+)
 from dicom_node.receive import Ingest, ReceivedInstance
 from dicom_node.spool import Spool
 
@@ -49,7 +57,9 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
-def _add_study(sessions: sessionmaker[Session], uid: str, *, age: float, open_associations: int = 0) -> None:
+def _add_study(
+    sessions: sessionmaker[Session], uid: str, *, age: float, open_associations: int = 0
+) -> None:
     when = utcnow() - dt.timedelta(seconds=age)
     with sessions.begin() as session:
         session.add(
@@ -64,7 +74,9 @@ def _add_study(sessions: sessionmaker[Session], uid: str, *, age: float, open_as
         )
 
 
-def test_study_is_ready_only_after_release_and_quiet_period(sessions: sessionmaker[Session]) -> None:
+def test_study_is_ready_only_after_release_and_quiet_period(
+    sessions: sessionmaker[Session],
+) -> None:
     """Open associations and recent instances hold a study back; then exactly one job is queued."""
     _add_study(sessions, "1.2.1", age=10, open_associations=1)
     _add_study(sessions, "1.2.2", age=0.1)
@@ -98,13 +110,13 @@ def test_late_instance_reopens_study_and_supersedes_queued_job(tmp_path, session
         assert session.scalars(select(Job.state)).all() == ["superseded"]
     ingest.close_association(1)
     with sessions.begin() as session:
-        session.execute(
-            update(Study).values(last_instance_at=utcnow() - dt.timedelta(seconds=10))
-        )
+        session.execute(update(Study).values(last_instance_at=utcnow() - dt.timedelta(seconds=10)))
     assert promote_ready_studies(sessions, quiet_seconds=1) == ["1.2.9"]
 
 
-def test_expired_lease_is_reclaimed_and_attempts_are_bounded(sessions: sessionmaker[Session]) -> None:
+def test_expired_lease_is_reclaimed_and_attempts_are_bounded(
+    sessions: sessionmaker[Session],
+) -> None:
     """A crashed worker's job is taken up again; after max attempts it is failed and audited."""
     _add_study(sessions, "1.3.1", age=10)
     promote_ready_studies(sessions, quiet_seconds=0)
@@ -144,7 +156,9 @@ def _concurrent_claims(url: str, n_jobs: int = 40, n_workers: int = 4) -> list[l
     promote_ready_studies(sessions, quiet_seconds=0)
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    workers = [context.Process(target=_claim_all, args=(url, f"w{i}", queue)) for i in range(n_workers)]
+    workers = [
+        context.Process(target=_claim_all, args=(url, f"w{i}", queue)) for i in range(n_workers)
+    ]
     for process in workers:
         process.start()
     results = [queue.get(timeout=120) for _ in workers]

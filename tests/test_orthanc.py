@@ -40,7 +40,9 @@ def test_orthanc_study_gets_sr_and_sc_back_within_30_seconds(
         settings = make_settings(
             port=node_port,
             allowed_calling_aets=["ORTHANC"],
-            destinations=[{"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+            destinations=[
+                {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+            ],
         )
         with Node(settings) as node:
             study_uid = str(generate_uid())
@@ -51,9 +53,7 @@ def test_orthanc_study_gets_sr_and_sc_back_within_30_seconds(
             instances = wait_for_study_instances(orthanc.api, study_uid, 3, timeout=30)
             elapsed = time.monotonic() - started
             with node.sessions() as session:
-                events = session.scalars(
-                    select(AuditEvent).order_by(AuditEvent.id)
-                ).all()
+                events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
 
     assert elapsed < 30
     classes = sorted(i.sop_class_uid for i in instances)

@@ -93,7 +93,11 @@ def _as_is(path: Path) -> Path:
 
 VARIANTS: dict[str, tuple[dict[str, object], Prepare, str]] = {
     "explicit-le-dx": ({}, _as_is, "1.2.840.10008.1.2.1"),
-    "monochrome1-cr": ({"modality": "CR", "photometric": "MONOCHROME1"}, _as_is, "1.2.840.10008.1.2.1"),
+    "monochrome1-cr": (
+        {"modality": "CR", "photometric": "MONOCHROME1"},
+        _as_is,
+        "1.2.840.10008.1.2.1",
+    ),
     "jpeg-lossless": ({}, _jpeg_lossless, "1.2.840.10008.1.2.4.70"),
     "jpeg-ls": ({}, _pydicom(JPEGLSLossless), JPEGLSLossless),
     "jpeg-2000": ({}, _pydicom(JPEG2000Lossless), JPEG2000Lossless),
@@ -164,9 +168,13 @@ def test_lateral_is_skipped_with_reason_and_frontal_analysed(
     assert job.state == "done"
     with node.sessions() as session:
         (skip,) = session.scalars(select(Skip).where(Skip.job_id == job.id)).all()
-        analysed = set(session.scalars(select(Result.sop_instance_uid).where(Result.job_id == job.id)))
+        analysed = set(
+            session.scalars(select(Result.sop_instance_uid).where(Result.job_id == job.id))
+        )
         skipped_events = session.scalars(
-            select(AuditEvent).where(AuditEvent.event_type == "image_skipped", AuditEvent.job_id == job.id)
+            select(AuditEvent).where(
+                AuditEvent.event_type == "image_skipped", AuditEvent.job_id == job.id
+            )
         ).all()
     assert skip.sop_instance_uid == lateral.SOPInstanceUID
     assert "LL" in skip.reason and "not frontal" in skip.reason
@@ -189,19 +197,33 @@ def test_study_without_eligible_image_is_skipped_and_still_reported(
     assert dciodvfy_errors(sr, tmp_path) == []
 
 
-def test_audit_trail_shows_every_step_of_a_study(node: Node, pacs: StoreSCP, tmp_path: Path) -> None:
+def test_audit_trail_shows_every_step_of_a_study(
+    node: Node, pacs: StoreSCP, tmp_path: Path
+) -> None:
     """Received, ready, started, sent (SR and SC), finished: in order, with model identity."""
     study_uid = str(generate_uid())
-    assert storescu(write_study(tmp_path, [chest_image(study_uid=study_uid)]), port=node.port).returncode == 0
+    assert (
+        storescu(
+            write_study(tmp_path, [chest_image(study_uid=study_uid)]), port=node.port
+        ).returncode
+        == 0
+    )
     job = _wait_job(node, study_uid)
     _results_of(pacs, study_uid, 2)
     with node.sessions() as session:
         events = session.scalars(
-            select(AuditEvent).where(AuditEvent.study_instance_uid == study_uid).order_by(AuditEvent.id)
+            select(AuditEvent)
+            .where(AuditEvent.study_instance_uid == study_uid)
+            .order_by(AuditEvent.id)
         ).all()
     kinds = [e.event_type for e in events]
     assert kinds == [
-        "instance_received", "study_ready", "job_started", "result_sent", "result_sent", "job_finished",
+        "instance_received",
+        "study_ready",
+        "job_started",
+        "result_sent",
+        "result_sent",
+        "job_finished",
     ]
     model = node.services.model_label if node.services else ""
     assert "cxr14-densenet121-demo" in model

@@ -4,6 +4,7 @@ loopback: statuses, spool files, instance rows and audit events."""
 from __future__ import annotations
 
 import sqlite3
+import time
 import warnings
 from pathlib import Path
 
@@ -40,6 +41,17 @@ def _store_with_pynetdicom(port: int, ds: object, calling: str = "PYSCU") -> int
         assoc.release()
 
 
+def _study_after_release(node: Node, study_uid: str) -> Study:
+    """The release handler runs just after storescu has its answer: wait for it briefly."""
+    deadline = time.monotonic() + 5
+    while True:
+        with node.sessions() as session:
+            study = session.get_one(Study, study_uid)
+        if study.open_associations == 0 or time.monotonic() > deadline:
+            return study
+        time.sleep(0.02)
+
+
 def test_c_echo_from_dcmtk_succeeds(receiver: Node) -> None:
     """DCMTK echoscu gets a successful C-ECHO from the node."""
     result = echoscu(port=receiver.port)
@@ -56,7 +68,7 @@ def test_c_store_from_dcmtk_is_spooled_committed_and_audited(
     assert result.returncode == 0, result.stderr
     with receiver.sessions() as session:
         row = session.get_one(Instance, str(ds.SOPInstanceUID))
-        study = session.get_one(Study, study_uid)
+    study = _study_after_release(receiver, study_uid)
     stored = dcmread(row.path)
     assert stored.SOPInstanceUID == ds.SOPInstanceUID
     assert stored.PixelData == ds.PixelData
@@ -99,7 +111,9 @@ def test_invalid_study_uid_gets_c221_and_node_keeps_serving(receiver: Node, stud
     """A Study Instance UID that is not a UID is refused with 0xC221, audited, not spooled."""
     bad = chest_image(study_uid=study_uid)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom may warn about the invalid value we set on purpose
+        warnings.simplefilter(
+            "ignore"
+        )  # pydicom may warn about the invalid value we set on purpose
         bad.StudyInstanceUID = "1.2.03/../../etc"
     assert _store_with_pynetdicom(receiver.port, bad) == 0xC221
     (event,) = _events(receiver, "instance_rejected")

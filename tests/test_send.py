@@ -13,7 +13,16 @@ from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
 from sqlalchemy import select
 
 from dicom_node.cli import main
-from dicom_node.db import AuditEvent, Delivery, Job, Study, make_engine, make_session_factory, upgrade_schema, utcnow
+from dicom_node.db import (
+    AuditEvent,
+    Delivery,
+    Job,
+    Study,
+    make_engine,
+    make_session_factory,
+    upgrade_schema,
+    utcnow,
+)
 from dicom_node.deliveries import deliver, failed_delivery_ids
 from dicom_node.send import DimseSender
 from dicom_node.settings import Destination
@@ -33,7 +42,9 @@ class FlakyPacs:
         ae.add_supported_context(DigitalXRayImageStorageForPresentation)
         handlers: list[Any] = [(evt.EVT_C_STORE, self._store)]
         self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-        self.destination = Destination(ae_title="FLAKY", host="127.0.0.1", port=self.server.server_address[1])
+        self.destination = Destination(
+            ae_title="FLAKY", host="127.0.0.1", port=self.server.server_address[1]
+        )
 
     def _store(self, event: Any) -> int:
         status = self.statuses.pop(0) if self.statuses else 0x0000
@@ -44,7 +55,9 @@ class FlakyPacs:
 
 @pytest.fixture
 def files(tmp_path: Path, study_uid: str) -> list[Path]:
-    return write_study(tmp_path / "out", [chest_image(study_uid=study_uid, seed=s) for s in range(2)])
+    return write_study(
+        tmp_path / "out", [chest_image(study_uid=study_uid, seed=s) for s in range(2)]
+    )
 
 
 def test_send_to_dcmtk_storescp_stores_every_file(tmp_path: Path, files: list[Path]) -> None:
@@ -72,7 +85,7 @@ def test_failure_status_is_retried_with_exponential_backoff(files: list[Path]) -
 
 
 def test_persistent_failure_is_reported_not_success(files: list[Path]) -> None:
-    """A peer that always answers 0xA700 yields failed outcomes with the status, after all attempts."""
+    """A peer always answering 0xA700 yields failed outcomes with that status after all attempts."""
     pacs = FlakyPacs([0xA700] * 100)
     sender = DimseSender(ae_title="DICOMNODE", attempts=3, backoff_seconds=0, sleep=lambda _: None)
     try:
@@ -105,16 +118,33 @@ def _pending_deliveries(url: str, files: list[Path], destination: Destination) -
 
         headers = [dcmread(p, stop_before_pixels=True) for p in files]
         study = str(headers[0].StudyInstanceUID)
-        session.add(Study(study_instance_uid=study, state="ready", open_associations=0,
-                          first_received_at=now, last_instance_at=now, calling_ae="MOD"))
+        session.add(
+            Study(
+                study_instance_uid=study,
+                state="ready",
+                open_associations=0,
+                first_received_at=now,
+                last_instance_at=now,
+                calling_ae="MOD",
+            )
+        )
         session.flush()
         session.add(Job(study_instance_uid=study, state="running", attempts=1, created_at=now))
         session.flush()
         rows = [
-            Delivery(job_id=1, study_instance_uid=study, sop_instance_uid=str(h.SOPInstanceUID),
-                     sop_class_uid=str(h.SOPClassUID), path=str(p), destination_ae=destination.ae_title,
-                     destination_host=destination.host, destination_port=destination.port,
-                     state="pending", attempts=0, updated_at=now)
+            Delivery(
+                job_id=1,
+                study_instance_uid=study,
+                sop_instance_uid=str(h.SOPInstanceUID),
+                sop_class_uid=str(h.SOPClassUID),
+                path=str(p),
+                destination_ae=destination.ae_title,
+                destination_host=destination.host,
+                destination_port=destination.port,
+                state="pending",
+                attempts=0,
+                updated_at=now,
+            )
             for h, p in zip(headers, files, strict=True)
         ]
         session.add_all(rows)

@@ -1,0 +1,125 @@
+"""Grad-CAM maps of requested findings (MONAI GradCAM at class_layers.relu), back on the display."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from monai.visualize.class_activation_maps import GradCAM
+
+from dicom_node.infer import Classifier
+from dicom_node.preprocess import Letterbox, resize
+
+TARGET_LAYER = "class_layers.relu"
+Map = npt.NDArray[np.float32]
+
+
+class _Head(torch.nn.Module):
+    """The DenseNet's classifier head alone, so Grad-CAM starts from precomputed feature maps.
+
+    Its gradients and activations at class_layers.relu equal those of the whole network, so the
+    maps are the same while each class costs only a pass through the head (features once).
+    """
+
+    def __init__(self, class_layers: torch.nn.Module) -> None:
+        super().__init__()
+        self.class_layers = class_layers
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.class_layers(features)
+        return out
+
+
+class _Explainer:
+    """A GradCAM over a private copy of the head: hooks never touch the inference network."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        layers = getattr(classifier.network, "class_layers", None)
+        if not isinstance(layers, torch.nn.Module):
+            raise TypeError("the network has no 'class_layers' module (DenseNet layout expected)")
+        head = _Head(copy.deepcopy(layers)).float().eval()
+        head.requires_grad_(False)  # gradients flow to the features only
+        # MONAI sets the hooked ReLU to inplace=False itself (full backward hooks need that).
+        self.cam = GradCAM(nn_module=head, target_layers=TARGET_LAYER, postprocessing=_identity)
+        self.lock = threading.Lock()  # the hooks keep per-call state
+
+
+_EXPLAINERS: weakref.WeakKeyDictionary[Classifier, _Explainer] = weakref.WeakKeyDictionary()
+_EXPLAINERS_LOCK = threading.Lock()
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _explainer(classifier: Classifier) -> _Explainer:
+    with _EXPLAINERS_LOCK:
+        found = _EXPLAINERS.get(classifier)
+        if found is None:
+            found = _EXPLAINERS[classifier] = _Explainer(classifier)
+        return found
+
+
+def normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map of (N, 1, H, W) to [0, 1] (min to 0, max to 1); a flat map becomes 0."""
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    span = (hi - lo).clamp_min(1e-12)
+    scaled = (flat - lo[:, None]) / span[:, None]
+    scaled = torch.where((hi - lo)[:, None] > 1e-12, scaled, torch.zeros_like(scaled))
+    return scaled.view_as(maps)
+
+
+def gradcam(
+    classifier: Classifier, batch: torch.Tensor, class_indices: Sequence[Sequence[int]]
+) -> list[dict[int, Map]]:
+    """Grad-CAM maps for the requested classes of each image, at model input size, in [0, 1].
+
+    `class_indices[i]` lists the label indices wanted for image i; the answer's i-th dict maps
+    each of them to a (S, S) float32 map. Images sharing a class are explained together.
+    """
+    n, n_labels = batch.shape[0], len(classifier.labels)
+    if len(class_indices) != n:
+        raise ValueError(f"{len(class_indices)} lists of class indices for {n} images")
+    wanted = sorted({int(c) for indices in class_indices for c in indices})
+    if any(not 0 <= c < n_labels for c in wanted):
+        raise ValueError(f"class indices must lie in [0, {n_labels}), got {wanted}")
+    result: list[dict[int, Map]] = [{} for _ in range(n)]
+    if not wanted:
+        return result
+    explainer = _explainer(classifier)
+    with torch.inference_mode(False):  # callers may sit in inference mode; autograd is needed
+        features = classifier.features(batch.clone())
+        for cls in wanted:
+            rows = [i for i, indices in enumerate(class_indices) if cls in indices]
+            maps = _class_maps(explainer, features[rows], cls, size=batch.shape[-1])
+            for j, i in enumerate(rows):
+                result[i][cls] = maps[j]
+    return result
+
+
+def _class_maps(explainer: _Explainer, features: torch.Tensor, cls: int, *, size: int) -> Map:
+    """Maps (n, size, size) of one class for feature maps (n, K, h, w)."""
+    x = features.detach().clone().requires_grad_(True)
+    with explainer.lock, torch.enable_grad():
+        raw = explainer.cam(x, class_idx=cls)  # (n, 1, h, w): ReLU of gradient-weighted features
+    up = torch.nn.functional.interpolate(
+        raw.detach(), size=(size, size), mode="bilinear", align_corners=False
+    )
+    maps: Map = normalise(up)[:, 0].cpu().numpy().astype(np.float32)
+    return maps
+
+
+def map_to_display(cam: Map, letterbox: Letterbox, display_shape: tuple[int, int]) -> Map:
+    """Undo the letterbox: crop the padding, resize to the display image's shape, keep [0, 1]."""
+    if cam.shape != (letterbox.size, letterbox.size):
+        raise ValueError(f"map of shape {cam.shape}, letterbox of size {letterbox.size}")
+    top, left = letterbox.pad_top, letterbox.pad_left
+    crop = cam[top : top + letterbox.height, left : left + letterbox.width]
+    shown = resize(crop, (int(display_shape[0]), int(display_shape[1])))
+    return np.clip(shown, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,774 @@
+"""Synthetic chest radiograph phantoms with known findings, and DICOM instances made from them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image, ImageDraw
+from pydicom import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
+
+Image32 = npt.NDArray[np.float32]
+Array = npt.NDArray[np.floating[Any]]  # working fields (float32 in practice)
+Box = tuple[int, int, int, int]
+
+LABELS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+MANUFACTURER = "dicom-node phantom"
+_FIELD_OF_VIEW_MM = 430.0  # a 43 cm detector, as in most chest radiography
+_SIDES = (-1, 1)  # -1: patient's right lung (image left on a PA view), +1: patient's left
+
+
+@dataclass
+class Phantom:
+    """A synthetic radiograph as displayed (dense = bright, in [0, 1]) and its findings' boxes."""
+
+    image: Image32
+    findings: dict[str, Box] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Anatomy:
+    """Geometry of one phantom in normalised coordinates (u across, v down, both in [0, 1])."""
+
+    lung_u: float = 0.185  # distance of each lung centre from the midline
+    lung_half_width: float = 0.165
+    lung_top: float = 0.11
+    dome: tuple[float, float] = (0.72, 0.74)  # diaphragm level (v) under the right and left lung
+    dome_depth: float = 0.05
+    heart_u: float = 0.535
+    heart_half_width: float = 0.14
+    heart_half_height: float = 0.11
+    lung_density: float = 0.17
+    marking_gain: float = 1.0
+    gastric_bubble: bool = False
+
+
+class _Canvas:
+    """Normalised coordinate grids, the anatomy, and the additive density layer being painted."""
+
+    def __init__(self, rng: np.random.Generator, size: tuple[int, int], anatomy: _Anatomy) -> None:
+        self.rng = rng
+        self.height, self.width = size
+        shift = rng.uniform(-0.02, 0.02, 2)  # patient positioning
+        v, u = np.meshgrid(
+            (np.arange(self.height, dtype=np.float32) + 0.5) / self.height - np.float32(shift[0]),
+            (np.arange(self.width, dtype=np.float32) + 0.5) / self.width - np.float32(shift[1]),
+            indexing="ij",
+        )
+        self.u, self.v = u, v
+        self.anatomy = anatomy
+        self.eps = 1.5 / min(size)  # softness of edges: about 1.5 pixels
+        self.lungs = {side: self._lung(side) for side in _SIDES}
+        self.layer: Array = np.zeros(size, np.float32)
+        self.no_markings: Array = np.zeros(size, np.float32)
+
+    def soft(self, signed: Array, eps: float | None = None) -> Array:
+        """1 inside (signed < 0), 0 outside, with a smooth edge."""
+        e = self.eps if eps is None else eps
+        out: Array = (0.5 * (1.0 - np.tanh(signed / (2.0 * e)))).astype(np.float32)
+        return out
+
+    def ellipse(
+        self, cu: float, cv: float, au: float, av: float, eps: float | None = None
+    ) -> Array:
+        r = np.sqrt(((self.u - cu) / au) ** 2 + ((self.v - cv) / av) ** 2)
+        return self.soft((r - 1.0) * min(au, av), eps)
+
+    def dome_v(self, side: int) -> Array:
+        a = self.anatomy
+        centre = 0.5 + side * a.lung_u
+        level = a.dome[0 if side < 0 else 1]
+        t = np.clip((self.u - centre) / (a.lung_half_width * 1.2), -1.0, 1.0)
+        return (level - a.dome_depth * (1.0 - t**2)).astype(np.float32)
+
+    def _lung(self, side: int) -> Array:
+        a = self.anatomy
+        centre = 0.5 + side * a.lung_u
+        bottom = max(a.dome) + 0.02
+        av = (bottom - a.lung_top) * 0.72
+        body = self.ellipse(centre, a.lung_top + av, a.lung_half_width, av)
+        above_dome = self.soft(self.v - self.dome_v(side))
+        lateral_of_mediastinum = self.soft(0.055 - side * (self.u - 0.5))
+        return body * above_dome * lateral_of_mediastinum
+
+    def lung_point(
+        self, side: int, v_range: tuple[float, float], margin: float
+    ) -> tuple[float, float]:
+        """A random point well inside one lung, within a vertical band."""
+        mask = self.lungs[side]
+        for _ in range(200):
+            cu = 0.5 + side * self.rng.uniform(0.09, 0.33)
+            cv = self.rng.uniform(*v_range)
+            iy, ix = int(cv * self.height), int(cu * self.width)
+            ok = mask[iy, ix] > 0.5 and self._inside(mask, cu, cv, margin)
+            if ok:
+                return cu, cv
+        a = self.anatomy
+        return 0.5 + side * a.lung_u, (a.lung_top + a.dome[0]) / 2
+
+    def _inside(self, mask: Array, cu: float, cv: float, margin: float) -> bool:
+        for du, dv in ((margin, 0.0), (-margin, 0.0), (0.0, margin), (0.0, -margin)):
+            iy = int(np.clip(cv + dv, 0, 0.999) * self.height)
+            ix = int(np.clip(cu + du, 0, 0.999) * self.width)
+            if mask[iy, ix] < 0.5:
+                return False
+        return True
+
+    def box(self, weight: Array, threshold: float = 0.25) -> Box:
+        """Pixel box (y0, x0, y1, x1), end exclusive, where `weight` exceeds threshold * max."""
+        ys, xs = np.nonzero(weight > threshold * float(weight.max()))
+        if ys.size == 0:
+            return 0, 0, self.height, self.width
+        return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+
+
+def blur(image: Array, sigma: float) -> Image32:
+    """Gaussian blur (sigma in pixels) with reflected edges."""
+    if sigma <= 0:
+        return image
+    radius = max(1, int(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    t = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+    pad = (radius, radius, radius, radius)
+    if min(image.shape) <= radius:
+        t = torch.nn.functional.pad(t, pad, mode="replicate")
+    else:
+        t = torch.nn.functional.pad(t, pad, mode="reflect")
+    t = torch.nn.functional.conv2d(t, kernel.view(1, 1, 1, -1))
+    t = torch.nn.functional.conv2d(t, kernel.view(1, 1, -1, 1))
+    return t[0, 0].numpy()
+
+
+def _smooth_noise(rng: np.random.Generator, size: tuple[int, int], cells: int) -> Image32:
+    """Low-frequency noise in about [-1, 1]: a coarse random grid resized smoothly."""
+    coarse = rng.standard_normal((cells, cells)).astype(np.float32)
+    img = Image.fromarray(coarse, mode="F").resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return np.asarray(img, np.float32) / 2.0
+
+
+def _draw(size: tuple[int, int], paint: Callable[[ImageDraw.ImageDraw], None]) -> Array:
+    """Rasterise PIL drawing commands (pixel coordinates) into a float mask in [0, 1]."""
+    img = Image.new("L", (size[1], size[0]), 0)
+    paint(ImageDraw.Draw(img))
+    return np.asarray(img, np.float32) / 255.0
+
+
+# ---- anatomy ------------------------------------------------------------------------------
+
+
+def _ribs(c: _Canvas) -> Array:
+    w, h = c.width, c.height
+    width = max(2, round(0.016 * w))
+
+    def paint(d: ImageDraw.ImageDraw) -> None:
+        for side in _SIDES:
+            for i in range(10):
+                v0 = 0.10 + i * 0.062
+                t = np.linspace(0.0, 1.0, 24)
+                us = 0.5 + side * (0.035 + 0.40 * np.sin(t * np.pi / 2) * (0.6 + 0.4 * t))
+                vs = v0 - 0.03 * np.sin(t * np.pi) + 0.11 * t**2
+                d.line([(x * w, y * h) for x, y in zip(us, vs, strict=True)], fill=255, width=width)
+            a0, a1 = (0.5 + side * 0.05) * w, (0.5 + side * 0.36) * w
+            d.line([(a0, 0.165 * h), (a1, 0.105 * h)], fill=255, width=round(width * 1.4))
+
+    ribs = blur(_draw((h, w), paint), max(0.8, 0.003 * w))
+    thorax = c.ellipse(0.5, 0.5, 0.45, 0.5)
+    return ribs * thorax
+
+
+def _spine(c: _Canvas) -> Array:
+    column = c.soft(np.abs(c.u - 0.5) - 0.032)
+    vertebrae = 0.75 + 0.25 * np.cos(2 * np.pi * c.v / 0.045) ** 2
+    return (column * vertebrae * c.soft(c.v - 0.98)).astype(np.float32)
+
+
+def _markings(c: _Canvas) -> Array:
+    """Vessels branching from each hilum, fading towards the periphery."""
+    w, h = c.width, c.height
+    rng = c.rng
+
+    def branch(
+        d: ImageDraw.ImageDraw,
+        start: tuple[float, float],
+        angle: float,
+        depth: int,
+    ) -> None:
+        length = 0.07 * 0.72 ** (4 - depth)
+        x, y = start
+        x1, y1 = x + np.cos(angle) * length, y + np.sin(angle) * length
+        d.line([(x * w, y * h), (x1 * w, y1 * h)], fill=int(60 + 40 * depth), width=max(1, depth))
+        if depth > 1:
+            for turn in (-0.45, 0.4):
+                branch(d, (x1, y1), angle + turn + rng.normal(0, 0.15), depth - 1)
+
+    def paint(d: ImageDraw.ImageDraw) -> None:
+        for side in _SIDES:
+            hx, hy = 0.5 + side * 0.09, 0.42
+            for base in np.linspace(-1.25, 1.35, 6):
+                angle = (np.pi if side < 0 else 0.0) - side * base + rng.normal(0, 0.08)
+                branch(d, (hx, hy), angle, 4)
+
+    vessels = blur(_draw((h, w), paint), max(0.7, 0.002 * w))
+    return vessels * (c.lungs[-1] + c.lungs[1])
+
+
+def _heart(a: _Anatomy) -> tuple[float, float, float, float]:
+    """Centre (u, v) and half axes of the heart, resting on the left hemidiaphragm."""
+    return a.heart_u, a.dome[1] - 0.8 * a.heart_half_height, a.heart_half_width, a.heart_half_height
+
+
+def _compose(c: _Canvas) -> Array:
+    a = c.anatomy
+    lungs = np.clip(c.lungs[-1] + c.lungs[1], 0.0, 1.0)
+    body = c.ellipse(0.5, 0.62, 0.47, 0.66)
+    heart = c.ellipse(*_heart(a))
+    mediastinum = c.soft(np.abs(c.u - 0.5) - 0.06) * c.soft(0.06 - c.v)
+    knob = c.ellipse(0.555, 0.30, 0.035, 0.03)
+    abdomen = c.soft((c.dome_v(-1) * (c.u < 0.5) + c.dome_v(1) * (c.u >= 0.5)) - c.v, 3 * c.eps)
+    solid = np.clip(np.maximum.reduce([heart, mediastinum, knob]), 0.0, 1.0)
+    img = 0.03 + 0.40 * body
+    img = img + (a.lung_density - 0.43) * lungs * (1.0 - solid) * (1.0 - abdomen)
+    img = img + 0.17 * solid + 0.12 * abdomen * body
+    if a.gastric_bubble:
+        img -= 0.22 * c.ellipse(0.64, max(a.dome) + 0.05, 0.05, 0.03) * body
+    img += 0.22 * _spine(c) + 0.10 * _ribs(c)
+    img += 0.07 * a.marking_gain * _markings(c) * (1.0 - c.no_markings)
+    out: Array = img.astype(np.float32)
+    return out
+
+
+# ---- findings ----------------------------------------------------------------------------
+# Each painter adds its lesion to canvas.layer (or changes the anatomy before it is drawn)
+# and returns the lesion's box.
+
+
+def _atelectasis(c: _Canvas) -> Box:
+    side = int(c.rng.choice(_SIDES))
+    cu, cv = c.lung_point(side, (0.55, 0.64), 0.04)
+    angle = c.rng.uniform(-0.3, 0.3)
+    du, dv = c.u - cu, c.v - cv
+    along = du * np.cos(angle) + dv * np.sin(angle)
+    across = -du * np.sin(angle) + dv * np.cos(angle)
+    band = c.soft(np.abs(across) - c.rng.uniform(0.008, 0.014)) * c.soft(np.abs(along) - 0.09)
+    band = blur(band, 0.002 * c.width) * c.lungs[side]
+    c.layer += 0.26 * band
+    return c.box(band)
+
+
+def _effusion(c: _Canvas) -> Box:
+    side = int(c.rng.choice(_SIDES))
+    a = c.anatomy
+    level = a.dome[0 if side < 0 else 1] - c.rng.uniform(0.09, 0.16)
+    lateral = np.clip(side * (c.u - 0.5) - 0.06, 0.0, None) / (2 * a.lung_half_width)
+    meniscus = level - 0.10 * lateral**2
+    fluid = c.soft(meniscus - c.v, 2 * c.eps) * c.lungs[side]
+    c.layer += 0.34 * fluid
+    return c.box(fluid)
+
+
+def _infiltration(c: _Canvas) -> Box:
+    side = int(c.rng.choice(_SIDES))
+    cu, cv = c.lung_point(side, (0.28, 0.58), 0.06)
+    patches = np.zeros_like(c.layer)
+    for _ in range(int(c.rng.integers(5, 9))):
+        pu, pv = cu + c.rng.uniform(-0.06, 0.06), cv + c.rng.uniform(-0.07, 0.07)
+        r = c.rng.uniform(0.012, 0.024)
+        patches = np.maximum(patches, c.ellipse(pu, pv, r, r * c.rng.uniform(0.7, 1.3), 6 * c.eps))
+    texture = 0.6 + 0.4 * np.abs(_smooth_noise(c.rng, c.layer.shape, 24))
+    patches = (patches * texture * c.lungs[side]).astype(np.float32)
+    c.layer += 0.22 * patches
+    return c.box(patches)
+
+
+def _round_opacity(c: _Canvas, radius: tuple[float, float], gain: float, lobulated: bool) -> Box:
+    side = int(c.rng.choice(_SIDES))
+    r = c.rng.uniform(*radius)
+    cu, cv = c.lung_point(side, (0.25, 0.6), r * 1.2)
+    ang = np.arctan2(c.v - cv, c.u - cu)
+    wobble = 1.0 + (0.12 * np.sin(5 * ang + c.rng.uniform(0, 6)) if lobulated else 0.0)
+    dist = np.sqrt((c.u - cu) ** 2 + (c.v - cv) ** 2) / (r * wobble)
+    blob = c.soft((dist - 1.0) * r) * (0.85 + 0.15 * np.sqrt(np.clip(1 - dist**2, 0, 1)))
+    c.layer += gain * blob
+    return c.box(blob)
+
+
+def _mass(c: _Canvas) -> Box:
+    return _round_opacity(c, (0.045, 0.07), 0.30, lobulated=True)
+
+
+def _nodule(c: _Canvas) -> Box:
+    return _round_opacity(c, (0.012, 0.02), 0.32, lobulated=False)
+
+
+def _pneumonia(c: _Canvas) -> Box:
+    side = int(c.rng.choice(_SIDES))
+    cu, cv = c.lung_point(side, (0.45, 0.6), 0.05)
+    au, av = c.rng.uniform(0.06, 0.09), c.rng.uniform(0.05, 0.08)
+    region = c.ellipse(cu, cv, au, av, 0.02)
+    mottle = 0.55 + 0.45 * np.clip(_smooth_noise(c.rng, c.layer.shape, 40) + 0.5, 0, 1)
+    patch = region * mottle * c.lungs[side]
+    c.layer += 0.28 * patch
+    return c.box(patch)
+
+
+def _pneumothorax(c: _Canvas) -> Box:
+    side = int(c.rng.choice(_SIDES))
+    a = c.anatomy
+    centre = 0.5 + side * a.lung_u
+    gap = c.rng.uniform(0.025, 0.045)
+    inner = c.soft(
+        np.sqrt(
+            ((c.u - centre) / (a.lung_half_width - gap)) ** 2
+            + ((c.v - 0.5) / (0.5 - a.lung_top - gap)) ** 2
+        )
+        - 1.0
+    )
+    rim = c.lungs[side] * (1.0 - inner) * c.soft(c.v - 0.5, 0.02)
+    edge = blur(np.abs(np.gradient(inner, axis=1)) + np.abs(np.gradient(inner, axis=0)), 0.7)
+    line = edge / max(float(edge.max()), 1e-6) * c.lungs[side] * c.soft(c.v - 0.48, 0.02)
+    c.no_markings = np.maximum(c.no_markings, rim)
+    c.layer += -0.10 * rim + 0.12 * line * (1.0 - rim)
+    return c.box(rim, 0.5)
+
+
+def _consolidation(c: _Canvas) -> Box:
+    side = int(c.rng.choice(_SIDES))
+    fissure = c.rng.uniform(0.32, 0.40)
+    region = c.soft(c.v - fissure, c.eps) * c.soft(0.16 - c.v, 0.02) * c.lungs[side]
+    w, h = c.width, c.height
+    x0, y0 = (0.5 + side * 0.1) * w, (fissure + 0.01) * h
+
+    def paint(d: ImageDraw.ImageDraw) -> None:
+        for t in np.linspace(0.1, 1.0, 4):
+            a = -np.pi / 2 + side * t
+            d.line(
+                [(x0, y0), (x0 + np.cos(a) * 0.12 * w, y0 + np.sin(a) * 0.12 * h)],
+                fill=255,
+                width=max(1, round(0.006 * w)),
+            )
+
+    bronchi = blur(_draw((h, w), paint), 0.7) * region
+    c.layer += 0.32 * region - 0.18 * bronchi
+    return c.box(region)
+
+
+def _edema(c: _Canvas) -> Box:
+    haze = np.zeros_like(c.layer)
+    for side in _SIDES:
+        wing = c.ellipse(0.5 + side * 0.13, 0.45, 0.10, 0.13, 0.03) * c.lungs[side]
+        kerley = (
+            c.soft(np.abs(np.sin(c.v * np.pi / 0.018)) - 0.25)
+            * c.soft(np.abs(side * (c.u - 0.5) - 0.31) - 0.025)
+            * c.soft(np.abs(c.v - 0.62) - 0.06)
+        )
+        haze += wing + 0.6 * kerley * c.lungs[side]
+    c.layer += 0.14 * haze
+    return c.box(haze)
+
+
+def _emphysema(c: _Canvas) -> Box:
+    bullae = np.zeros_like(c.layer)
+    for _ in range(int(c.rng.integers(1, 4))):
+        side = int(c.rng.choice(_SIDES))
+        r = c.rng.uniform(0.025, 0.045)
+        cu, cv = c.lung_point(side, (0.15, 0.35), r)
+        dist = np.sqrt((c.u - cu) ** 2 + (c.v - cv) ** 2)
+        bullae += c.soft(dist - r) - 1.6 * c.soft(np.abs(dist - r) - 0.003)
+    lungs = c.lungs[-1] + c.lungs[1]
+    c.layer -= 0.07 * np.clip(bullae, -1, 1) * lungs
+    c.no_markings = np.maximum(c.no_markings, np.clip(bullae, 0, 1))
+    return c.box(lungs, 0.5)
+
+
+def _fibrosis(c: _Canvas) -> Box:
+    side = int(c.rng.choice(_SIDES))
+    cu, cv = c.lung_point(side, (0.52, 0.62), 0.04)
+    cell = c.rng.uniform(0.014, 0.02)
+    gu = np.abs(np.sin(np.pi * (c.u - cu) / cell + 0.6 * np.sin(np.pi * c.v / cell)))
+    gv = np.abs(np.sin(np.pi * (c.v - cv) / cell + 0.6 * np.sin(np.pi * c.u / cell)))
+    net = np.maximum(c.soft(gu - 0.18, 0.01), c.soft(gv - 0.18, 0.01))
+    zone = c.ellipse(cu, cv, 0.075, 0.085, 0.015) * c.lungs[side]
+    c.layer += 0.20 * net * zone + 0.05 * zone
+    return c.box(zone)
+
+
+def _pleural_thickening(c: _Canvas) -> Box:
+    side = int(c.rng.choice(_SIDES))
+    a = c.anatomy
+    centre = 0.5 + side * a.lung_u
+    thick = c.rng.uniform(0.015, 0.025)
+    bumps = thick * (1.0 + 0.4 * np.sin(c.v * 60.0 + c.rng.uniform(0, 6)))
+    inner = c.soft(np.abs(c.u - centre) - (a.lung_half_width - bumps), 0.003)
+    band = c.lungs[side] * (1.0 - inner) * c.soft(np.abs(c.v - 0.40) - 0.16, 0.01)
+    c.layer += 0.30 * band
+    return c.box(band, 0.5)
+
+
+def _hernia(c: _Canvas) -> Box:
+    a = c.anatomy
+    r = c.rng.uniform(0.05, 0.065)
+    cu, cv = 0.5 + c.rng.uniform(-0.02, 0.04), max(a.dome) - r * 0.9
+    sac = c.ellipse(cu, cv, r * 1.15, r)
+    air = sac * c.soft(c.v - (cv - r * 0.1), 0.002)
+    wall = c.soft(np.abs(np.sqrt(((c.u - cu) / 1.15) ** 2 + (c.v - cv) ** 2) - r) - 0.004)
+    c.layer += 0.10 * sac - 0.30 * air + 0.12 * wall
+    return c.box(sac)
+
+
+def _grow_heart(a: _Anatomy, rng: np.random.Generator) -> _Anatomy:
+    return replace(
+        a,
+        heart_half_width=a.heart_half_width * rng.uniform(1.4, 1.55),
+        heart_half_height=a.heart_half_height * rng.uniform(1.2, 1.35),
+        heart_u=a.heart_u + 0.02,
+    )
+
+
+def _hyperinflate(a: _Anatomy, rng: np.random.Generator) -> _Anatomy:
+    drop = rng.uniform(0.04, 0.06)
+    return replace(
+        a,
+        dome=(a.dome[0] + drop, a.dome[1] + drop),
+        dome_depth=0.015,
+        lung_density=0.09,
+        marking_gain=0.45,
+        lung_half_width=a.lung_half_width + 0.01,
+    )
+
+
+_PAINTERS: dict[str, Callable[[_Canvas], Box]] = {
+    "Atelectasis": _atelectasis,
+    "Effusion": _effusion,
+    "Infiltration": _infiltration,
+    "Mass": _mass,
+    "Nodule": _nodule,
+    "Pneumonia": _pneumonia,
+    "Pneumothorax": _pneumothorax,
+    "Consolidation": _consolidation,
+    "Edema": _edema,
+    "Emphysema": _emphysema,
+    "Fibrosis": _fibrosis,
+    "Pleural_Thickening": _pleural_thickening,
+    "Hernia": _hernia,
+}
+_ANATOMY_CHANGES: dict[str, Callable[[_Anatomy, np.random.Generator], _Anatomy]] = {
+    "Cardiomegaly": _grow_heart,
+    "Emphysema": _hyperinflate,
+}
+
+
+def _random_anatomy(rng: np.random.Generator) -> _Anatomy:
+    right = rng.uniform(0.70, 0.74)
+    return _Anatomy(
+        lung_u=rng.uniform(0.175, 0.195),
+        lung_half_width=rng.uniform(0.15, 0.175),
+        lung_top=rng.uniform(0.09, 0.13),
+        dome=(right, right + rng.uniform(0.0, 0.03)),
+        dome_depth=rng.uniform(0.035, 0.06),
+        heart_u=rng.uniform(0.52, 0.55),
+        heart_half_width=rng.uniform(0.14, 0.165),
+        heart_half_height=rng.uniform(0.095, 0.115),
+        lung_density=rng.uniform(0.15, 0.19),
+        gastric_bubble=bool(rng.random() < 0.5),
+    )
+
+
+def make_phantom(
+    rng: np.random.Generator, *, findings: Collection[str], size: tuple[int, int] = (512, 512)
+) -> Phantom:
+    """Draw a PA chest phantom showing exactly `findings` (NIH ChestX-ray14 label strings)."""
+    unknown = set(findings) - set(LABELS)
+    if unknown:
+        raise ValueError(f"unknown finding labels {sorted(unknown)}; known: {', '.join(LABELS)}")
+    if min(size) < 64:
+        raise ValueError(f"phantom size {size} too small; at least 64 pixels a side")
+    anatomy = _random_anatomy(rng)
+    wanted = [label for label in LABELS if label in findings]
+    for label in wanted:
+        if label in _ANATOMY_CHANGES:
+            anatomy = _ANATOMY_CHANGES[label](anatomy, rng)
+    c = _Canvas(rng, size, anatomy)
+    boxes: dict[str, Box] = {}
+    for label in wanted:
+        if label in _PAINTERS:
+            boxes[label] = _PAINTERS[label](c)
+    if "Cardiomegaly" in wanted:
+        boxes["Cardiomegaly"] = c.box(c.ellipse(*_heart(anatomy)), 0.5)
+    img = blur(_compose(c) + c.layer, 0.0015 * min(size))
+    img += 0.03 * _smooth_noise(rng, size, 8) + rng.normal(0.0, 0.012, size).astype(np.float32)
+    image = (np.clip(img, 0.0, 1.0) ** rng.uniform(0.85, 1.15)).astype(np.float32)
+    return Phantom(image=image, findings={k: boxes[k] for k in wanted})
+
+
+def random_findings(rng: np.random.Generator, *, prevalence: float = 0.12) -> list[str]:
+    """Labels drawn independently with probability `prevalence` each (may be empty: no finding)."""
+    return [label for label in LABELS if rng.random() < prevalence]
+
+
+# ---- DICOM --------------------------------------------------------------------------------
+
+_SOP_CLASSES = {"DX": DigitalXRayImageStorageForPresentation, "CR": ComputedRadiographyImageStorage}
+_ORIENTATION = {"PA": ["L", "F"], "AP": ["L", "F"], "LL": ["P", "F"], "RL": ["A", "F"]}
+_VIEW_CODES = {  # CID 4010 DX View
+    "PA": ("272479007", "postero-anterior"),
+    "AP": ("399348003", "antero-posterior"),
+    "LL": ("399173006", "left lateral"),
+    "RL": ("399198007", "right lateral"),
+}
+
+
+def stored_values(image: Image32, bits_stored: int) -> tuple[npt.NDArray[np.uint16], int, int]:
+    """Quantise a display image to stored values spanning [lo, hi] within the BitsStored range."""
+    if not 8 <= bits_stored <= 16:
+        raise ValueError(f"BitsStored must be 8 to 16, not {bits_stored}")
+    top = 2**bits_stored - 1
+    lo, hi = round(0.04 * top), round(0.96 * top)
+    values = np.rint(lo + np.clip(image, 0.0, 1.0) * (hi - lo)).astype(np.uint16)
+    return values, lo, hi
+
+
+def _patient_study(
+    ds: Dataset,
+    *,
+    patient_id: str,
+    patient_name: str,
+    study_uid: str,
+    when: dt.datetime,
+    accession_number: str,
+) -> None:
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyInstanceUID = study_uid
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = when.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = when.strftime("%H%M%S")
+    ds.AccessionNumber = accession_number
+    ds.StudyID = accession_number[-16:] or "1"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "XR CHEST"
+
+
+def _equipment(ds: Dataset, spacing: float) -> None:
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = "synthetic chest phantom"
+    ds.InstitutionName = "dicom-node"
+    ds.StationName = "PHANTOM"
+    ds.DeviceSerialNumber = "0"
+    ds.SoftwareVersions = "dicom-node phantoms 1"
+    ds.ImagerPixelSpacing = [f"{spacing:.6f}", f"{spacing:.6f}"]
+    ds.PixelSpacing = [f"{spacing:.6f}", f"{spacing:.6f}"]
+    ds.DistanceSourceToDetector = "1800"
+    ds.DistanceSourceToPatient = "1650"
+    ds.KVP = "120"
+    ds.ExposureInuAs = 2000
+
+
+def _anatomic_region(ds: Dataset, body_part: str) -> None:
+    region = Dataset()
+    region.CodeValue = "43799004" if body_part == "CHEST" else "38266002"
+    region.CodingSchemeDesignator = "SCT"
+    region.CodeMeaning = "Chest" if body_part == "CHEST" else "Entire body"
+    ds.AnatomicRegionSequence = Sequence([region])
+    ds.BodyPartExamined = body_part
+
+
+def _pixels(
+    ds: Dataset, image: Array, *, photometric: str, bits_stored: int, window: bool, intercept: float
+) -> None:
+    values, lo, hi = stored_values(image, bits_stored)
+    top = 2**bits_stored - 1
+    centre = (lo + hi) / 2 + 0.5
+    if photometric == "MONOCHROME1":  # stored inverted: air (dark on display) has high values
+        values = (top - values).astype(np.uint16)
+        centre = top - (lo + hi) / 2 + 0.5
+    elif photometric != "MONOCHROME2":
+        raise ValueError(f"PhotometricInterpretation must be MONOCHROME1 or 2, not {photometric!r}")
+    arr = values.astype(np.uint8) if bits_stored == 8 else values
+    ds.set_pixel_data(arr, photometric, bits_stored, generate_instance_uid=False)
+    ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
+    ds.RescaleIntercept = f"{intercept:g}"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "US"
+    if window:
+        ds.WindowCenter = f"{centre + intercept:g}"
+        ds.WindowWidth = f"{hi - lo + 1:g}"
+        ds.VOILUTFunction = "LINEAR"
+        ds.WindowCenterWidthExplanation = "phantom full range"
+    ds.LossyImageCompression = "00"
+    ds.BurnedInAnnotation = "NO"
+
+
+def _dx_modules(ds: Dataset, view_position: str, photometric: str) -> None:
+    """DX Series, DX Image, DX Detector and DX Positioning attributes (PS3.3 C.8.11)."""
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.DetectorType = "SCINTILLATOR"
+    ds.PositionerType = "COLUMN"
+    ds.AcquisitionContextSequence = Sequence()
+    ds.PixelIntensityRelationship = "LIN"
+    # -1: higher values mean less beam (dense tissue), as stored for MONOCHROME2; +1 inverted
+    ds.PixelIntensityRelationshipSign = 1 if photometric == "MONOCHROME1" else -1
+    if view_position in _VIEW_CODES:
+        view = Dataset()
+        view.CodeValue, view.CodeMeaning = _VIEW_CODES[view_position]
+        view.CodingSchemeDesignator = "SCT"
+        view.ViewModifierCodeSequence = Sequence()
+        ds.ViewCodeSequence = Sequence([view])
+
+
+def phantom_dataset(
+    phantom: Phantom,
+    *,
+    patient_id: str,
+    patient_name: str,
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    modality: str = "DX",
+    view_position: str = "PA",
+    body_part: str = "CHEST",
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    window: bool = True,
+    rescale_intercept: float = 0.0,
+    accession_number: str = "PH0001",
+    series_number: int = 1,
+    instance_number: int = 1,
+    study_datetime: dt.datetime | None = None,
+) -> Dataset:
+    """A DX (For Presentation) or CR instance, explicit VR little endian, showing `phantom`.
+
+    Displayed through its Modality LUT (rescale) and first window the instance reproduces
+    `phantom.image` up to quantisation, for either photometric interpretation. DX requires a
+    rescale intercept of 0; CR may use another to exercise the Modality LUT.
+    """
+    if modality not in _SOP_CLASSES:
+        raise ValueError(f"Modality must be one of {sorted(_SOP_CLASSES)}, not {modality!r}")
+    if modality == "DX" and rescale_intercept != 0:
+        raise ValueError("DX For Presentation requires Rescale Intercept 0 (PS3.3 C.8.11.3)")
+    rows, cols = phantom.image.shape
+    ds = Dataset()
+    ds.SOPClassUID = _SOP_CLASSES[modality]
+    ds.SOPInstanceUID = sop_uid or generate_uid()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.InstanceCreationDate = (study_datetime or dt.datetime.now()).strftime("%Y%m%d")
+    _patient_study(
+        ds,
+        patient_id=patient_id,
+        patient_name=patient_name,
+        study_uid=study_uid,
+        when=study_datetime or dt.datetime.now(),
+        accession_number=accession_number,
+    )
+    ds.Modality = modality
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = f"CHEST {view_position}"
+    ds.InstanceNumber = instance_number
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    _equipment(ds, _FIELD_OF_VIEW_MM / max(rows, cols))
+    _anatomic_region(ds, body_part)
+    ds.ViewPosition = view_position
+    ds.PatientOrientation = _ORIENTATION.get(view_position, ["L", "F"])
+    ds.ImageLaterality = "U"
+    if modality == "DX":
+        _dx_modules(ds, view_position, photometric)
+    _pixels(
+        ds,
+        phantom.image,
+        photometric=photometric,
+        bits_stored=bits_stored,
+        window=window,
+        intercept=rescale_intercept,
+    )
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "DICOM_NODE_PH"
+    ds.file_meta = meta
+    return ds
+
+
+def write_study(
+    folder: Path,
+    rng: np.random.Generator,
+    *,
+    n_images: int = 1,
+    lateral: bool = False,
+    findings: Collection[str] | None = None,
+    size: tuple[int, int] = (512, 512),
+    patient_id: str = "PHANTOM-0001",
+    patient_name: str = "Phantom^Chest",
+    study_uid: str | None = None,
+    modality: str = "DX",
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+) -> list[Path]:
+    """Write a study of `n_images` PA phantoms (plus a lateral, ViewPosition LL) into `folder`.
+
+    Files are named by position (`image-001.dcm`, ...), never by UID. Without `findings`, each
+    PA image gets random findings. The lateral is a phantom labelled LL, for view selection.
+    """
+    if n_images < 1:
+        raise ValueError("a study needs at least one image")
+    folder.mkdir(parents=True, exist_ok=True)
+    study = study_uid or generate_uid()
+    series_pa, series_lat = generate_uid(), generate_uid()
+    when = dt.datetime.now().replace(microsecond=0)
+    views = ["PA"] * n_images + (["LL"] if lateral else [])
+    paths: list[Path] = []
+    for i, view in enumerate(views, start=1):
+        labels = findings if findings is not None else random_findings(rng)
+        phantom = make_phantom(rng, findings=labels if view == "PA" else (), size=size)
+        ds = phantom_dataset(
+            phantom,
+            patient_id=patient_id,
+            patient_name=patient_name,
+            study_uid=study,
+            series_uid=series_pa if view == "PA" else series_lat,
+            modality=modality,
+            view_position=view,
+            photometric=photometric,
+            bits_stored=bits_stored,
+            series_number=1 if view == "PA" else 2,
+            instance_number=i,
+            study_datetime=when,
+            accession_number=f"PH{study[-8:]}",
+        )
+        path = folder / f"image-{i:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

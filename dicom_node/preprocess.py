@@ -1,0 +1,212 @@
+"""One preprocessing path for training and inference: stored pixels -> display -> model input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image
+from pydicom import Dataset
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.uid import UID
+
+Image32 = npt.NDArray[np.float32]
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+
+
+class PreprocessError(ValueError):
+    """An image the node cannot analyse; `reason` says why in words fit for a skipped-image note."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Letterbox:
+    """How a display image was placed into the square model input.
+
+    The image was scaled by `scale` to `height` x `width` pixels and pasted at (`pad_top`,
+    `pad_left`) into a `size` x `size` canvas; the rest is padding.
+    """
+
+    scale: float
+    pad_top: int
+    pad_left: int
+    height: int
+    width: int
+    size: int
+
+    def __post_init__(self) -> None:
+        inside = self.pad_top >= 0 and self.pad_top + self.height <= self.size
+        inside = inside and self.pad_left >= 0 and self.pad_left + self.width <= self.size
+        if not (inside and self.height > 0 and self.width > 0 and self.scale > 0):
+            raise ValueError(f"inconsistent letterbox {self}")
+
+
+# ---- DICOM to display ---------------------------------------------------------------------
+
+
+def _check_supported(ds: Dataset) -> None:
+    if "PixelData" not in ds:
+        kind = "Float Pixel Data" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else ""
+        raise PreprocessError(f"unsupported {kind}" if kind else "no Pixel Data")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in _MONOCHROME:
+        raise PreprocessError(
+            f"colour image ({photometric or 'unknown photometric'}) not supported"
+        )
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise PreprocessError(f"multi-frame image ({frames} frames) not supported")
+
+
+def _decode(ds: Dataset) -> npt.NDArray[Any]:
+    try:
+        arr: npt.NDArray[Any] = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; the reason travels on
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = UID(str(syntax)).name if syntax else "unknown transfer syntax"
+        raise PreprocessError(f"cannot decode Pixel Data ({name}): {exc}") from exc
+    if arr.ndim != 2:
+        raise PreprocessError(f"unexpected pixel array shape {arr.shape}")
+    return arr
+
+
+def modality_range(ds: Dataset) -> tuple[float, float]:
+    """Output range of the Modality LUT stage (PS3.3 C.11.1) for all storable values.
+
+    A Modality LUT Sequence gives 0 .. 2^n - 1 (n from its LUT Descriptor); otherwise the range
+    of BitsStored-bit values (signed per PixelRepresentation) through Rescale Slope/Intercept.
+    """
+    if ds.get("ModalityLUTSequence"):
+        bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**bits - 1)
+    bits = int(ds.BitsStored)
+    if int(ds.get("PixelRepresentation", 0)) == 0:
+        lo, hi = 0.0, float(2**bits - 1)
+    else:
+        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+    return lo, hi
+
+
+def _has_voi_lut(ds: Dataset) -> bool:
+    seq = ds.get("VOILUTSequence")
+    return bool(seq) and None not in (seq[0].get("LUTDescriptor"), seq[0].get("LUTData"))
+
+
+def _apply_voi(values: npt.NDArray[Any], ds: Dataset) -> tuple[npt.NDArray[Any], float, float]:
+    """The first VOI LUT or window (PS3.3 C.11.2) and its output range; else the stored range."""
+    if _has_voi_lut(ds):
+        if not np.issubdtype(values.dtype, np.integer):  # a LUT indexes integers
+            values = np.rint(values).astype(np.int64)
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        return apply_voi_lut(values, ds, index=0), 0.0, float(2**bits - 1)
+    lo, hi = modality_range(ds)
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        try:
+            return apply_voi_lut(values, ds, index=0), lo, hi
+        except (ValueError, IndexError) as exc:
+            raise PreprocessError(f"invalid window (0028,1050)/(0028,1051): {exc}") from exc
+    return values, lo, hi
+
+
+def render_for_display(ds: Dataset) -> Image32:
+    """The radiograph as a viewer shows it: HxW float32 in [0, 1], dense (bone) bright.
+
+    Stored values pass the Modality LUT (or rescale), then the first VOI LUT or window; without
+    either, the whole range storable in BitsStored is shown. MONOCHROME1 (or a Presentation LUT
+    Shape of INVERSE) is inverted. Raises PreprocessError for colour, multi-frame, missing or
+    undecodable pixel data.
+    """
+    _check_supported(ds)
+    values = apply_modality_lut(_decode(ds), ds)
+    shown, lo, hi = _apply_voi(values, ds)
+    image = (np.asarray(shown, np.float64) - lo) / max(hi - lo, 1e-12)
+    image = np.clip(image, 0.0, 1.0)
+    inverse = str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+    if ds.PhotometricInterpretation == "MONOCHROME1" or inverse:
+        image = 1.0 - image
+    return image.astype(np.float32)
+
+
+# ---- resizing -------------------------------------------------------------------------------
+
+
+def resize(image: npt.NDArray[np.floating[Any]], shape: tuple[int, int]) -> Image32:
+    """Bilinear resize of a 2-D image, antialiased when shrinking."""
+    if image.shape == shape:
+        return np.asarray(image, np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+    out = torch.nn.functional.interpolate(
+        t, size=shape, mode="bilinear", align_corners=False, antialias=True
+    )
+    result: Image32 = out[0, 0].numpy()
+    return result
+
+
+def display_uint8(image: Image32, max_side: int = 1024) -> npt.NDArray[np.uint8]:
+    """The display image as uint8, shrunk (aspect kept) so its longer side is at most max_side."""
+    h, w = image.shape
+    scale = min(1.0, max_side / max(h, w))
+    shape = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = resize(image, shape)
+    out: npt.NDArray[np.uint8] = np.rint(np.clip(small, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return out
+
+
+def to_model_input(
+    image: Image32, *, size: int, mean: float, std: float, channels: int = 1
+) -> tuple[torch.Tensor, Letterbox]:
+    """Letterbox a display image into a normalised (channels, size, size) float32 tensor.
+
+    The image is resized (aspect kept, antialiased) so its longer side is `size`, centred on a
+    black (0) canvas, then normalised as (x - mean) / std. No flips.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {image.shape}")
+    if std <= 0:
+        raise ValueError(f"std must be positive, not {std}")
+    h, w = image.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+    box = Letterbox(
+        scale=scale,
+        pad_top=(size - nh) // 2,
+        pad_left=(size - nw) // 2,
+        height=nh,
+        width=nw,
+        size=size,
+    )
+    canvas = np.zeros((size, size), np.float32)
+    canvas[box.pad_top : box.pad_top + nh, box.pad_left : box.pad_left + nw] = resize(
+        image, (nh, nw)
+    )
+    tensor = (torch.from_numpy(canvas) - mean) / std
+    return tensor.unsqueeze(0).expand(channels, size, size).contiguous(), box
+
+
+# ---- image files (public data sets) ------------------------------------------------------------
+
+
+def load_image_file(path: Path) -> Image32:
+    """A PNG or JPEG radiograph as float32 HxW in [0, 1] (8- or 16-bit grey; colour made grey)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, np.float64) / 65535.0
+            elif img.mode == "F":
+                arr = np.asarray(img, np.float64)
+            else:
+                arr = np.asarray(img.convert("L"), np.float64) / 255.0
+    except OSError as exc:
+        raise PreprocessError(f"cannot read image file {path}: {exc}") from exc
+    return np.clip(arr, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,174 @@
+"""Grad-CAM maps (MONAI GradCAM at class_layers.relu) and their way back onto the display."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.visualize.class_activation_maps import GradCAM
+
+from dicom_node.bundle import Bundle, instantiate_network, write_bundle
+from dicom_node.explain import gradcam, map_to_display, normalise
+from dicom_node.infer import Classifier
+from dicom_node.preprocess import Letterbox, to_model_input
+
+LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")
+SIZE = 96
+CPU = torch.device("cpu")
+
+
+def tiny_bundle(path: Path) -> Bundle:
+    """A valid bundle of a very small DenseNet121 (8 initial features, growth 4), random weights."""
+    torch.manual_seed(0)
+    network_def = {
+        "_target_": "monai.networks.nets.DenseNet121",
+        "spatial_dims": 2,
+        "in_channels": 1,
+        "out_channels": len(LABELS),
+        "init_features": 8,
+        "growth_rate": 4,
+        "bn_size": 2,
+    }
+    net = instantiate_network(
+        "DenseNet121", {k: v for k, v in network_def.items() if k != "_target_"}
+    )
+    section = {
+        "labels": list(LABELS),
+        "thresholds": dict.fromkeys(LABELS, 0.5),
+        "input_size": SIZE,
+        "in_channels": 1,
+        "intensity": {"mean": 0.5, "std": 0.25},
+        "synthetic_demo": True,
+        "training_data": "none (random weights)",
+    }
+    metadata = {"name": "tiny", "version": "0.0.1", "dicom_node": section}
+    return write_bundle(
+        path,
+        metadata=metadata,
+        network_def=network_def,
+        state_dict=net.state_dict(),
+        license_text="test only\n",
+    )
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+    return Classifier(tiny_bundle(tmp_path_factory.mktemp("bundle")), CPU)
+
+
+def _batch(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def test_maps_have_input_size_and_unit_range(classifier: Classifier) -> None:
+    """Each requested class gets a float32 (S, S) map in [0, 1]; nothing else is computed."""
+    maps = gradcam(classifier, _batch(3), [[0, 2], [], [1]])
+    assert [sorted(m) for m in maps] == [[0, 2], [], [1]]
+    for m in (maps[0][0], maps[0][2], maps[2][1]):
+        assert m.shape == (SIZE, SIZE) and m.dtype == np.float32
+        assert m.min() >= 0.0 and m.max() <= 1.0
+        assert m.max() in (0.0, 1.0)  # normalised, or flat (no positive evidence)
+    assert gradcam(classifier, _batch(2), [[], []]) == [{}, {}]
+
+
+def test_matches_monai_gradcam_on_the_whole_network(classifier: Classifier) -> None:
+    """Explaining from the feature maps equals MONAI GradCAM run through the whole network."""
+    batch = _batch(2, seed=3)
+    ours = gradcam(classifier, batch, [[1], [1]])
+    net = copy.deepcopy(classifier.network)
+    reference = GradCAM(
+        nn_module=net, target_layers="class_layers.relu", postprocessing=lambda x: x
+    )
+    expected = normalise(reference(batch, class_idx=1)).detach().numpy()
+    for i in range(2):
+        assert np.abs(ours[i][1] - expected[i, 0]).max() < 1e-5
+
+
+def test_equals_the_class_activation_map(classifier: Classifier) -> None:
+    """At class_layers.relu, Grad-CAM is the CAM: ReLU of the class weights times the features."""
+    batch = _batch(1, seed=5)
+    ours = gradcam(classifier, batch, [[2]])[0][2]
+    with torch.no_grad():
+        features = torch.relu(classifier.network.features(batch))
+        weights = classifier.network.class_layers.out.weight[2]
+        cam = torch.relu(torch.einsum("k,nkhw->nhw", weights, features))[:, None]
+        cam = torch.nn.functional.interpolate(cam, size=(SIZE, SIZE), mode="bilinear")
+    assert np.abs(ours - normalise(cam)[0, 0].numpy()).max() < 1e-5
+
+
+def test_peak_sits_on_a_synthetic_activation(classifier: Classifier) -> None:
+    """With features = 8x8 average pooling, the map of a positive class peaks on a bright patch;
+    a class with a negative weight has no positive evidence, so its map is all zeros."""
+    net = copy.deepcopy(classifier.network)
+    net.features = torch.nn.AvgPool2d(8)
+    net.class_layers.out = torch.nn.Linear(1, 3)
+    with torch.no_grad():
+        net.class_layers.out.weight.copy_(torch.tensor([[1.0], [-1.0], [0.5]]))
+        net.class_layers.out.bias.zero_()
+    clf = Classifier(classifier.bundle, CPU, network=net)
+    image = torch.zeros(1, 1, SIZE, SIZE)
+    image[0, 0, 56:64, 16:24] = 1.0  # one 8x8 cell of the 12x12 feature map
+    maps = gradcam(clf, image, [[0, 1, 2]])[0]
+    y, x = np.unravel_index(np.argmax(maps[0]), maps[0].shape)
+    assert 56 <= y < 64 and 16 <= x < 24
+    assert maps[0].max() == pytest.approx(1.0)
+    assert np.all(maps[1] == 0.0)
+    assert np.abs(maps[2] - maps[0]).max() < 1e-6
+
+
+def test_per_image_requests_match_single_image_runs(classifier: Classifier) -> None:
+    """Images explained together give the same maps as each explained alone."""
+    batch = _batch(3, seed=7)
+    together = gradcam(classifier, batch, [[0], [0, 1], [1]])
+    for i, wanted in enumerate([[0], [0, 1], [1]]):
+        alone = gradcam(classifier, batch[i : i + 1], [wanted])[0]
+        for cls in wanted:
+            assert np.abs(alone[cls] - together[i][cls]).max() < 1e-5
+
+
+def test_inference_network_untouched_and_inference_mode_allowed(classifier: Classifier) -> None:
+    """Grad-CAM works inside torch.inference_mode, and the inference network keeps its inplace
+    ReLU and gives the same predictions afterwards (no hooks left on it)."""
+    batch = _batch(2, seed=9)
+    before = classifier.predict(batch)
+    with torch.inference_mode():
+        maps = gradcam(classifier, batch, [[0], [1]])
+    assert maps[0][0].shape == (SIZE, SIZE)
+    assert classifier.network.class_layers.relu.inplace
+    assert not classifier.network.class_layers.relu._forward_hooks
+    assert np.array_equal(before, classifier.predict(batch))
+
+
+def test_bad_requests_are_refused(classifier: Classifier) -> None:
+    """One list of indices per image, each index a label index."""
+    with pytest.raises(ValueError, match="lists of class indices"):
+        gradcam(classifier, _batch(2), [[0]])
+    with pytest.raises(ValueError, match="class indices must lie"):
+        gradcam(classifier, _batch(1), [[3]])
+
+
+def test_map_to_display_inverts_the_letterbox() -> None:
+    """A smooth image letterboxed and mapped back lands where it came from, on the display."""
+    yy, xx = np.mgrid[0:120, 0:60].astype(np.float32)
+    image = 0.5 * yy / 119 + 0.5 * xx / 59
+    x, box = to_model_input(image, size=64, mean=0.0, std=1.0)
+    back = map_to_display(x[0].numpy(), box, (120, 60))
+    assert back.shape == (120, 60) and back.dtype == np.float32
+    assert np.abs(back - image).mean() < 0.01 and np.abs(back - image).max() < 0.05
+
+
+def test_map_to_display_places_a_peak() -> None:
+    """A peak at the centre of the content stays at the display's centre; pads are cropped."""
+    box = Letterbox(scale=0.5, pad_top=0, pad_left=16, height=64, width=32, size=64)
+    cam = np.zeros((64, 64), np.float32)
+    cam[30:34, 30:34] = 1.0
+    cam[:, :16] = 1.0  # padding: must not show
+    shown = map_to_display(cam, box, (128, 64))
+    y, x = np.unravel_index(np.argmax(shown), shown.shape)
+    assert 58 <= y <= 69 and 26 <= x <= 37
+    assert shown[:, :8].max() < 0.2
+    with pytest.raises(ValueError, match="letterbox"):
+        map_to_display(np.zeros((32, 32), np.float32), box, (128, 64))
