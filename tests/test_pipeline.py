@@ -19,7 +19,7 @@ from pydicom.uid import (
 )
 from sqlalchemy import select
 
-from dicom_node.db import AuditEvent, Job, Result, Skip
+from dicom_node.db import AuditEvent, Instance, Job, Result, Skip
 from dicom_node.node import Node
 from tests.conftest import chest_image, write_study
 from tests.dicom_validators import dciodvfy_errors
@@ -91,18 +91,20 @@ def _as_is(path: Path) -> Path:
     return path
 
 
-VARIANTS: dict[str, tuple[dict[str, object], Prepare, str]] = {
-    "explicit-le-dx": ({}, _as_is, "1.2.840.10008.1.2.1"),
+# variant: (image options, how the file is prepared, its transfer syntax, storescu's proposal)
+VARIANTS: dict[str, tuple[dict[str, object], Prepare, str, str]] = {
+    "explicit-le-dx": ({}, _as_is, "1.2.840.10008.1.2.1", "-xe"),
     "monochrome1-cr": (
         {"modality": "CR", "photometric": "MONOCHROME1"},
         _as_is,
         "1.2.840.10008.1.2.1",
+        "-xe",
     ),
-    "jpeg-lossless": ({}, _jpeg_lossless, "1.2.840.10008.1.2.4.70"),
-    "jpeg-ls": ({}, _pydicom(JPEGLSLossless), JPEGLSLossless),
-    "jpeg-2000": ({}, _pydicom(JPEG2000Lossless), JPEG2000Lossless),
-    "rle": ({}, _pydicom(RLELossless), RLELossless),
-    "deflate": ({}, _deflate, "1.2.840.10008.1.2.1.99"),
+    "jpeg-lossless": ({}, _jpeg_lossless, "1.2.840.10008.1.2.4.70", "-xs"),
+    "jpeg-ls": ({}, _pydicom(JPEGLSLossless), JPEGLSLossless, "-xt"),
+    "jpeg-2000": ({}, _pydicom(JPEG2000Lossless), JPEG2000Lossless, "-xv"),
+    "rle": ({}, _pydicom(RLELossless), RLELossless, "-xr"),
+    "deflate": ({}, _deflate, "1.2.840.10008.1.2.1.99", "-xd"),
 }
 
 
@@ -136,17 +138,21 @@ def test_each_input_variant_is_analysed_and_results_validate(
 ) -> None:
     """The study is analysed (14 findings), SR and SC reach the PACS in the source study, and
     both pass dciodvfy without errors."""
-    options, prepare, syntax = VARIANTS[variant]
+    options, prepare, syntax, proposal = VARIANTS[variant]
     study_uid = str(generate_uid())
     (plain,) = write_study(tmp_path, [chest_image(study_uid=study_uid, **options)])  # type: ignore[arg-type]
     source = prepare(plain)
     assert str(dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
-    sent = storescu([source], port=node.port, calling="MODALITY")
+    sent = storescu([source], port=node.port, calling="MODALITY", extra_args=[proposal])
     assert sent.returncode == 0, sent.stderr
     job = _wait_job(node, study_uid)
     assert job.state == "done", job.detail
     with node.sessions() as session:
         labels = session.scalars(select(Result.label).where(Result.job_id == job.id)).all()
+        received = session.scalars(
+            select(Instance.transfer_syntax_uid).where(Instance.study_instance_uid == study_uid)
+        ).one()
+    assert received == syntax  # the node took the compressed form and decoded it itself
     assert len(labels) == 14
     results = _results_of(pacs, study_uid, 2)
     sr, sc = results["SR"], results["OT"]
