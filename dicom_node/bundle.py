@@ -108,7 +108,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise BundleError(f"{path}: file missing") from exc
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read: {exc}") from exc
+    except ValueError as exc:
         raise BundleError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise BundleError(f"{path}: expected a JSON object at the top level")
@@ -247,7 +249,9 @@ def write_bundle(
         "network_def": dict(network_def),
         "network": "$@network_def.to(@device)",
     }
-    (out / METADATA).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    (out / METADATA).write_text(
+        json.dumps(metadata, indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
     (out / INFERENCE).write_text(json.dumps(inference, indent=2) + "\n", encoding="utf-8")
     cpu_state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     torch.save(cpu_state, out / WEIGHTS)

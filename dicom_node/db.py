@@ -25,7 +25,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 UID = String(64)
@@ -165,29 +165,71 @@ class Delivery(Base):
 
 
 class AuditEvent(Base):
-    """Append-only audit trail: one row per event; rows are never updated or deleted."""
+    """Append-only audit trail: one row per event; rows are never updated or deleted.
+
+    Each row is a DICOM PS3.15 A.5 event (`event_id`, `event_action`, `outcome_code`) and a link
+    of a hash chain: `seq` is its position, `prev_hash` the `row_hash` of row `seq - 1`, and
+    `row_hash` the SHA-256 of its content and `prev_hash` (`dicom_node.audit_chain`).
+    """
 
     __tablename__ = "audit_events"
     __table_args__ = (
         Index("ix_audit_study", "study_instance_uid"),
         Index("ix_audit_type_time", "event_type", "occurred_at"),
+        Index("ix_audit_seq", "seq", unique=True),
+        Index("ix_audit_patient", "patient_id"),
+        Index("ix_audit_time", "occurred_at"),
+        Index("ix_audit_calling_ae", "calling_ae"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
     occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     event_type: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(16))
+    event_action: Mapped[str] = mapped_column(String(1))
     outcome: Mapped[str] = mapped_column(String(16))
+    outcome_code: Mapped[int] = mapped_column(Integer)
     calling_ae: Mapped[str | None] = mapped_column(AE, nullable=True)
     called_ae: Mapped[str | None] = mapped_column(AE, nullable=True)
     peer_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    user_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     study_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
     sop_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
     sop_class_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
+    sop_class_counts: Mapped[str | None] = mapped_column(Text, nullable=True)
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     process: Mapped[str | None] = mapped_column(String(128), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The one row naming the newest link of the audit chain. Writers lock it (`FOR UPDATE` on
+    PostgreSQL, the write lock on SQLite) so that links are added one at a time."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """Written by a purge: the chain was cut after `last_seq`, whose hash was `last_hash`;
+    verification starts from the newest checkpoint. Append-only, like the audit table."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    purged_rows: Mapped[int] = mapped_column(BigInteger)
+    cutoff: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -198,6 +240,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # SQLAlchemy emits BEGIN itself (`_sqlite_begin`), so pysqlite must not.
+    dbapi_connection.isolation_level = None
+
+
+SQLITE_BEGIN = "sqlite_begin"
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    """Start SQLite transactions with BEGIN IMMEDIATE: the write lock is taken at the start, so a
+    transaction that reads and then writes (the audit chain always does) waits its turn instead of
+    failing with SQLITE_BUSY on the lock upgrade. Long read-only work (audit export) may ask for
+    a deferred transaction with `execution_options(sqlite_begin="DEFERRED")`."""
+    mode = connection.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE")
+    if mode not in {"IMMEDIATE", "DEFERRED", "EXCLUSIVE"}:
+        raise ValueError(f"unknown SQLite transaction mode {mode!r}")
+    connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def make_engine(url: str) -> Engine:
@@ -206,6 +264,7 @@ def make_engine(url: str) -> Engine:
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True)
 

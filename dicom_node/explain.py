@@ -45,6 +45,8 @@ class _Explainer:
         head = _Head(copy.deepcopy(layers)).float().eval()
         head.requires_grad_(False)  # gradients flow to the features only
         # MONAI sets the hooked ReLU to inplace=False itself (full backward hooks need that).
+        # Its default postprocessing (default_normalizer) maps the maximum to 0 and moves the
+        # maps to the CPU on every call: we keep raw maps and normalise() them on the device.
         self.cam = GradCAM(nn_module=head, target_layers=TARGET_LAYER, postprocessing=_identity)
         self.lock = threading.Lock()  # the hooks keep per-call state
 

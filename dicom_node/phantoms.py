@@ -86,7 +86,10 @@ class _Canvas:
         )
         self.u, self.v = u, v
         self.anatomy = anatomy
-        self.eps = 1.5 / min(size)  # softness of edges: about 1.5 pixels
+        # Pixel sizes are set for a 256-pixel phantom and scale with it, so a phantom looks the
+        # same at any resolution once resized to the model input.
+        self.scale = min(size) / 256
+        self.eps = max(1.5 / 256, 1.0 / min(size))  # softness of edges
         self.lungs = {side: self._lung(side) for side in _SIDES}
         self.layer: Array = np.zeros(size, np.float32)
         self.no_markings: Array = np.zeros(size, np.float32)
@@ -227,7 +230,11 @@ def _markings(c: _Canvas) -> Array:
         length = 0.07 * 0.72 ** (4 - depth)
         x, y = start
         x1, y1 = x + np.cos(angle) * length, y + np.sin(angle) * length
-        d.line([(x * w, y * h), (x1 * w, y1 * h)], fill=int(60 + 40 * depth), width=max(1, depth))
+        d.line(
+            [(x * w, y * h), (x1 * w, y1 * h)],
+            fill=int(60 + 40 * depth),
+            width=max(1, round(depth * c.scale)),
+        )
         if depth > 1:
             for turn in (-0.45, 0.4):
                 branch(d, (x1, y1), angle + turn + rng.normal(0, 0.15), depth - 1)
@@ -355,7 +362,8 @@ def _pneumothorax(c: _Canvas) -> Box:
         - 1.0
     )
     rim = c.lungs[side] * (1.0 - inner) * c.soft(c.v - 0.5, 0.02)
-    edge = blur(np.abs(np.gradient(inner, axis=1)) + np.abs(np.gradient(inner, axis=0)), 0.7)
+    edge = np.abs(np.gradient(inner, axis=1)) + np.abs(np.gradient(inner, axis=0))
+    edge = blur(edge, 0.7 * c.scale)
     line = edge / max(float(edge.max()), 1e-6) * c.lungs[side] * c.soft(c.v - 0.48, 0.02)
     c.no_markings = np.maximum(c.no_markings, rim)
     c.layer += -0.10 * rim + 0.12 * line * (1.0 - rim)
@@ -378,7 +386,7 @@ def _consolidation(c: _Canvas) -> Box:
                 width=max(1, round(0.006 * w)),
             )
 
-    bronchi = blur(_draw((h, w), paint), 0.7) * region
+    bronchi = blur(_draw((h, w), paint), 0.7 * c.scale) * region
     c.layer += 0.32 * region - 0.18 * bronchi
     return c.box(region)
 
@@ -526,7 +534,8 @@ def make_phantom(
     if "Cardiomegaly" in wanted:
         boxes["Cardiomegaly"] = c.box(c.ellipse(*_heart(anatomy)), 0.5)
     img = blur(_compose(c) + c.layer, 0.0015 * min(size))
-    img += 0.03 * _smooth_noise(rng, size, 8) + rng.normal(0.0, 0.012, size).astype(np.float32)
+    img += 0.03 * _smooth_noise(rng, size, 8)
+    img += rng.normal(0.0, 0.012 * max(1.0, c.scale), size).astype(np.float32)
     image = (np.clip(img, 0.0, 1.0) ** rng.uniform(0.85, 1.15)).astype(np.float32)
     return Phantom(image=image, findings={k: boxes[k] for k in wanted})
 

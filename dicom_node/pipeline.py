@@ -122,7 +122,11 @@ def prepare_images(
             skipped.append(SkippedImage(source=source.header, reason=f"pixel data: {exc}"))
             continue
         tensor, letterbox = to_model_input(
-            image, size=bundle.input_size, mean=bundle.mean, std=bundle.std
+            image,
+            size=bundle.input_size,
+            mean=bundle.mean,
+            std=bundle.std,
+            channels=bundle.in_channels,
         )
         prepared.append(
             PreparedImage(

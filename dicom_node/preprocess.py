@@ -110,7 +110,7 @@ def _apply_voi(values: npt.NDArray[Any], ds: Dataset) -> tuple[npt.NDArray[Any],
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         return apply_voi_lut(values, ds, index=0), 0.0, float(2**bits - 1)
     lo, hi = modality_range(ds)
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+    if ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
         try:
             return apply_voi_lut(values, ds, index=0), lo, hi
         except (ValueError, IndexError) as exc:

@@ -428,11 +428,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `dicom-node train`; returns the exit status."""
-    if not args.synthetic:
-        log.error("only --synthetic training is available so far")
-        return 2
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not args.synthetic:
+        log.error("only --synthetic training is available so far (ChestX-ray14 comes later)")
+        return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     train_synthetic(

@@ -90,3 +90,28 @@ def write_study(folder: Path, datasets: list[Dataset]) -> list[Path]:
 @pytest.fixture
 def study_uid() -> str:
     return str(generate_uid())
+
+
+# ---- PostgreSQL ------------------------------------------------------------------------------
+
+POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL (trust auth, user postgres), dropped afterwards."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"dicom_node_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # the server is part of this machine; say clearly when it is not
+        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not usable: {exc}")
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -91,9 +92,10 @@ def test_equals_the_class_activation_map(classifier: Classifier) -> None:
     """At class_layers.relu, Grad-CAM is the CAM: ReLU of the class weights times the features."""
     batch = _batch(1, seed=5)
     ours = gradcam(classifier, batch, [[2]])[0][2]
+    net: Any = classifier.network  # a DenseNet: its submodules are attributes
     with torch.no_grad():
-        features = torch.relu(classifier.network.features(batch))
-        weights = classifier.network.class_layers.out.weight[2]
+        features = torch.relu(net.features(batch))
+        weights = net.class_layers.out.weight[2]
         cam = torch.relu(torch.einsum("k,nkhw->nhw", weights, features))[:, None]
         cam = torch.nn.functional.interpolate(cam, size=(SIZE, SIZE), mode="bilinear")
     assert np.abs(ours - normalise(cam)[0, 0].numpy()).max() < 1e-5
@@ -102,7 +104,7 @@ def test_equals_the_class_activation_map(classifier: Classifier) -> None:
 def test_peak_sits_on_a_synthetic_activation(classifier: Classifier) -> None:
     """With features = 8x8 average pooling, the map of a positive class peaks on a bright patch;
     a class with a negative weight has no positive evidence, so its map is all zeros."""
-    net = copy.deepcopy(classifier.network)
+    net: Any = copy.deepcopy(classifier.network)
     net.features = torch.nn.AvgPool2d(8)
     net.class_layers.out = torch.nn.Linear(1, 3)
     with torch.no_grad():
@@ -137,8 +139,8 @@ def test_inference_network_untouched_and_inference_mode_allowed(classifier: Clas
     with torch.inference_mode():
         maps = gradcam(classifier, batch, [[0], [1]])
     assert maps[0][0].shape == (SIZE, SIZE)
-    assert classifier.network.class_layers.relu.inplace
-    assert not classifier.network.class_layers.relu._forward_hooks
+    relu: Any = classifier.network.get_submodule("class_layers.relu")
+    assert relu.inplace and not relu._forward_hooks and not relu._backward_hooks
     assert np.array_equal(before, classifier.predict(batch))
 
 

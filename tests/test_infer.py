@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,6 +109,7 @@ def test_features_are_the_final_feature_maps(bundle: Bundle) -> None:
     features = clf.features(batch)
     assert features.ndim == 4 and features.shape[0] == 2
     assert features.shape[2:] == (SIZE // 32, SIZE // 32)
+    net: Any = clf.network  # a DenseNet: its submodules are attributes
     with torch.no_grad():
-        probs = torch.sigmoid(clf.network.class_layers(features)).numpy()
+        probs = torch.sigmoid(net.class_layers(features)).numpy()
     assert np.abs(probs - clf.predict(batch)).max() < 1e-5

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
-import uuid
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import jobs
@@ -27,8 +25,6 @@ from dicom_node.db import (
 from dicom_node.receive import Ingest, ReceivedInstance
 from dicom_node.spool import Spool
 
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
 
 def _sessions(url: str) -> sessionmaker[Session]:
     engine = make_engine(url)
@@ -39,22 +35,6 @@ def _sessions(url: str) -> sessionmaker[Session]:
 @pytest.fixture
 def sessions(tmp_path) -> sessionmaker[Session]:  # type: ignore[no-untyped-def]
     return _sessions(f"sqlite:///{tmp_path / 'jobs.db'}")
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the local PostgreSQL, dropped afterwards."""
-    name = f"dicom_node_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # the server is part of this machine; say clearly when it is not
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not usable: {exc}")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def _add_study(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from pydicom import Dataset
-from pydicom.pixels import get_encoder
+from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from dicom_node.phantoms import make_phantom, phantom_dataset
@@ -87,10 +87,12 @@ def test_voi_lut_sequence_is_applied() -> None:
 
 
 def test_without_voi_the_bits_stored_range_is_shown() -> None:
-    """With no window or VOI LUT, 0 .. 2^BitsStored - 1 spans the display."""
+    """With no (or an empty) window and no VOI LUT, 0 .. 2^BitsStored - 1 spans the display."""
     stored = np.array([[0, 1023], [512, 256]], np.uint16)
     assert np.allclose(render_for_display(_raw_ds(stored, 10)), stored / 1023, atol=1e-6)
     assert np.allclose(render_for_display(_raw_ds(stored, 12)), stored / 4095, atol=1e-6)
+    empty_window = _raw_ds(stored, 10, WindowCenter="", WindowWidth="")
+    assert np.allclose(render_for_display(empty_window), stored / 1023, atol=1e-6)
 
 
 def test_bits_above_bits_stored_are_ignored() -> None:
@@ -188,4 +190,4 @@ def test_load_image_file_reads_8_and_16_bit_png(tmp_path: Path, top: int) -> Non
     Image.fromarray(values).save(path)
     loaded = load_image_file(path)
     assert loaded.dtype == np.float32
-    assert np.allclose(loaded, values / top, atol=1e-6)
+    assert np.allclose(loaded, values.astype(np.float64) / top, atol=1e-6)
