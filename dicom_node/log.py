@@ -12,11 +12,16 @@ import sys
 FORMAT = "%(asctime)s %(levelname)s %(processName)s/%(threadName)s %(name)s: %(message)s"
 
 
+class _NodeHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The node's own stderr handler (other handlers, such as a test's, are left alone)."""
+
+
 def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    if not any(isinstance(h, _NodeHandler) for h in root.handlers):
+        handler = _NodeHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(handler)
     root.setLevel(level)
     # pynetdicom's INFO/DEBUG output includes dataset summaries with patient names: keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

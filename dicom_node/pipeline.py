@@ -64,7 +64,8 @@ class Services:
     @property
     def model_label(self) -> str:
         identity = self.bundle.identity
-        return f"{identity.name} {identity.version} sha256:{identity.weights_sha256[:12]}"
+        label = f"{identity.name} {identity.version} sha256:{identity.weights_sha256[:12]}"
+        return f"{label} (synthetic demo model)" if identity.synthetic_demo else label
 
 
 def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:

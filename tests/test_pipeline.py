@@ -233,6 +233,7 @@ def test_audit_trail_shows_every_step_of_a_study(
     ]
     model = node.services.model_label if node.services else ""
     assert "cxr14-densenet121-demo" in model
+    assert "synthetic demo" in model
     assert all(e.model == model for e in events[2:])
     assert {e.called_ae for e in events if e.event_type == "result_sent"} == {"PACS"}
     assert all(e.job_id == job.id for e in events[1:])
