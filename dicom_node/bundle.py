@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from monai.networks import nets
 
+from dicom_node.preprocess import InputSpec
+from structured_reports.codes import FINDING_CODES, Concept
 from structured_reports.results import ModelIdentity
 
 METADATA = Path("configs/metadata.json")
@@ -21,10 +23,12 @@ WEIGHTS = Path("models/model.pt")
 LICENSE = Path("LICENSE")
 SECTION = "dicom_node"  # our keys inside metadata.json, beside the MONAI schema's
 
-# Only these network definitions are built; a bundle never runs code of its own.
-_NETWORKS = ("DenseNet121", "DenseNet169", "DenseNet201", "DenseNet264")
+# Only these network definitions are built; a bundle never runs code of its own. The generic
+# DenseNet (with its block_config) serves small test and experiment models.
+_NETWORKS = ("DenseNet121", "DenseNet169", "DenseNet201", "DenseNet264", "DenseNet")
 _NETWORK_KWARGS = frozenset(
     {
+        "block_config",
         "spatial_dims",
         "in_channels",
         "out_channels",
@@ -60,6 +64,18 @@ class Bundle:
     def __post_init__(self) -> None:
         if len(self.labels) != len(self.thresholds):
             raise ValueError("a bundle needs one threshold per label")
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """What `preprocess.prepare` needs to make this bundle's model input."""
+        return InputSpec(
+            size=self.input_size, mean=self.mean, std=self.std, channels=self.in_channels
+        )
+
+    @property
+    def codes(self) -> tuple[Concept, ...]:
+        """The coded concept of each label, in label order (validated when loading)."""
+        return tuple(FINDING_CODES[label] for label in self.labels)
 
     @property
     def weights_path(self) -> Path:
@@ -146,6 +162,7 @@ def _labels_and_thresholds(
             f"{where}thresholds' keys differ from labels: "
             f"missing {sorted(missing)}, unknown {sorted(extra)}"
         )
+    _check_codes(sec, labels, where)
     values = []
     for label in labels:
         t = _get(thresholds, label, (int, float), f"{where}thresholds.")
@@ -153,6 +170,48 @@ def _labels_and_thresholds(
             raise BundleError(f"{where}thresholds.{label}' must lie in (0, 1), got {t}")
         values.append(float(t))
     return tuple(labels), tuple(values)
+
+
+def code_entry(label: str) -> dict[str, str]:
+    """The `codes` entry written for a label: its curated concept (structured_reports.codes)."""
+    concept = FINDING_CODES[label]
+    return {"value": concept.value, "scheme": concept.scheme, "meaning": concept.meaning}
+
+
+def _check_codes(sec: Mapping[str, Any], labels: list[str], where: str) -> None:
+    """Every label has a curated code; a `codes` table, when present, agrees with it."""
+    uncoded = [label for label in labels if label not in FINDING_CODES]
+    if uncoded:
+        raise BundleError(
+            f"{where}labels' has labels without a coded concept: {uncoded}; add them to "
+            "structured_reports/codes.py (exact NIH ChestX-ray14 spelling) first"
+        )
+    if "codes" not in sec:
+        return
+    codes = _get(sec, "codes", dict, where)
+    if set(codes) != set(labels):
+        raise BundleError(
+            f"{where}codes' keys differ from labels: {sorted(set(codes) ^ set(labels))}"
+        )
+    for label in labels:
+        entry = _get(codes, label, dict, f"{where}codes.")
+        if entry != code_entry(label):
+            raise BundleError(
+                f"{where}codes.{label}' is {entry}, the curated code is {code_entry(label)}"
+            )
+
+
+def _check_kwarg(key: str, value: Any, where: str) -> None:
+    if key not in _NETWORK_KWARGS:
+        raise BundleError(f"{where}network_def.{key}' is not a supported DenseNet argument")
+    if isinstance(value, str) and value[:1] in "$@%":
+        raise BundleError(f"{where}network_def.{key}' must be a literal, not an expression")
+    if key == "block_config" and not (
+        isinstance(value, list)
+        and 1 <= len(value) <= 8
+        and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 64 for n in value)
+    ):
+        raise BundleError(f"{where}network_def.block_config' must be 1 to 8 layer counts")
 
 
 def _network(path: Path, labels: int, in_channels: int) -> tuple[str, dict[str, Any]]:
@@ -167,10 +226,9 @@ def _network(path: Path, labels: int, in_channels: int) -> tuple[str, dict[str, 
         )
     kwargs = {k: v for k, v in net.items() if k != "_target_"}
     for key, value in kwargs.items():
-        if key not in _NETWORK_KWARGS:
-            raise BundleError(f"{where}network_def.{key}' is not a supported DenseNet argument")
-        if isinstance(value, str) and value[:1] in "$@%":
-            raise BundleError(f"{where}network_def.{key}' must be a literal, not an expression")
+        _check_kwarg(key, value, where)
+    if "block_config" in kwargs and name != "DenseNet":
+        raise BundleError(f"{where}network_def.block_config' is fixed by {name}; use DenseNet")
     if kwargs.get("pretrained"):
         raise BundleError(f"{where}network_def.pretrained' must be false (nothing is downloaded)")
     expected = {"spatial_dims": 2, "in_channels": in_channels, "out_channels": labels}

@@ -1,4 +1,4 @@
-"""The `dicom-node` command: serve, work, echo, send, retry, demo, train."""
+"""The `dicom-node` command: serve, work, echo, send, retry, demo, train, audit."""
 
 from __future__ import annotations
 
@@ -60,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(func=cmd_demo)
 
-    from dicom_node import train
+    from dicom_node import audit_cli, train
+
+    audit_parser = commands.add_parser(
+        "audit", help="verify, query, export and purge the audit trail"
+    )
+    audit_cli.configure_parser(audit_parser)
 
     train_parser = commands.add_parser("train", help="train a DenseNet121 bundle")
     train.configure_parser(train_parser)

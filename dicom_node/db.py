@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     create_engine,
+    text,
     event,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -273,13 +274,23 @@ def make_session_factory(engine: Engine) -> sessionmaker[Any]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+MIGRATION_LOCK = 0x44434D4E  # "DCMN": the advisory lock key of schema migrations
+
+
 def upgrade_schema(engine: Engine) -> None:
-    """Bring the database to the newest Alembic revision (idempotent)."""
+    """Bring the database to the newest Alembic revision (idempotent).
+
+    Processes starting together (`serve` and `work`) must not migrate at once: on PostgreSQL a
+    transaction-scoped advisory lock serialises them (the DDL is transactional, so the second
+    process then finds the schema at head); on SQLite the write lock taken by BEGIN IMMEDIATE does.
+    """
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

@@ -83,38 +83,96 @@ def gradcam(
     """Grad-CAM maps for the requested classes of each image, at model input size, in [0, 1].
 
     `class_indices[i]` lists the label indices wanted for image i; the answer's i-th dict maps
-    each of them to a (S, S) float32 map. Images sharing a class are explained together.
+    each of them to a (S, S) float32 map. The features are computed once for the batch.
     """
-    n, n_labels = batch.shape[0], len(classifier.labels)
+    _check_request(classifier, batch.shape[0], class_indices)
+    if not any(class_indices):
+        return [{} for _ in class_indices]
+    with torch.inference_mode(False):  # callers may sit in inference mode; autograd is needed
+        features = classifier.features(batch.clone())
+    return maps_from_features(classifier, features, class_indices, size=batch.shape[-1])
+
+
+def _check_request(classifier: Classifier, n: int, class_indices: Sequence[Sequence[int]]) -> None:
+    n_labels = len(classifier.labels)
     if len(class_indices) != n:
         raise ValueError(f"{len(class_indices)} lists of class indices for {n} images")
     wanted = sorted({int(c) for indices in class_indices for c in indices})
     if any(not 0 <= c < n_labels for c in wanted):
         raise ValueError(f"class indices must lie in [0, {n_labels}), got {wanted}")
-    result: list[dict[int, Map]] = [{} for _ in range(n)]
-    if not wanted:
+
+
+def maps_from_features(
+    classifier: Classifier,
+    features: torch.Tensor,
+    class_indices: Sequence[Sequence[int]],
+    *,
+    size: int,
+) -> list[dict[int, Map]]:
+    """Grad-CAM maps (S, S) of the requested classes from the final feature maps (N, K, h, w).
+
+    A DenseNet head (ReLU, global average pooling, linear) makes Grad-CAM at class_layers.relu
+    the class activation map, ReLU(W_c . ReLU(features)): all classes of the batch in one
+    product on the device. Other heads go through MONAI GradCAM, one class at a time.
+    """
+    _check_request(classifier, features.shape[0], class_indices)
+    pairs = [(i, int(c)) for i, indices in enumerate(class_indices) for c in indices]
+    result: list[dict[int, Map]] = [{} for _ in class_indices]
+    if not pairs:
         return result
-    explainer = _explainer(classifier)
-    with torch.inference_mode(False):  # callers may sit in inference mode; autograd is needed
-        features = classifier.features(batch.clone())
-        for cls in wanted:
-            rows = [i for i, indices in enumerate(class_indices) if cls in indices]
-            maps = _class_maps(explainer, features[rows], cls, size=batch.shape[-1])
-            for j, i in enumerate(rows):
-                result[i][cls] = maps[j]
+    weight = _linear_head_weight(classifier.network)
+    if weight is None:
+        raw = _gradcam_maps(_explainer(classifier), features, pairs)
+    else:
+        with torch.no_grad():
+            acts = torch.relu(features.float())
+            cams = torch.relu(torch.einsum("ck,nkhw->nchw", weight.float(), acts))
+            rows, cols = zip(*pairs, strict=True)
+            raw = cams[list(rows), list(cols)][:, None]
+    maps = _upsampled(raw, size)
+    for (i, c), m in zip(pairs, maps, strict=True):
+        result[i][c] = m
     return result
 
 
-def _class_maps(explainer: _Explainer, features: torch.Tensor, cls: int, *, size: int) -> Map:
-    """Maps (n, size, size) of one class for feature maps (n, K, h, w)."""
-    x = features.detach().clone().requires_grad_(True)
-    with explainer.lock, torch.enable_grad():
-        raw = explainer.cam(x, class_idx=cls)  # (n, 1, h, w): ReLU of gradient-weighted features
-    up = torch.nn.functional.interpolate(
-        raw.detach(), size=(size, size), mode="bilinear", align_corners=False
+def _linear_head_weight(network: torch.nn.Module) -> torch.Tensor | None:
+    """The class weights (labels, K) when the head is ReLU, global avg pool, flatten, linear."""
+    head = getattr(network, "class_layers", None)
+    parts = [getattr(head, name, None) for name in ("relu", "pool", "flatten", "out")]
+    relu, pool, flat, out = parts
+    simple = (
+        isinstance(relu, torch.nn.ReLU)
+        and isinstance(pool, torch.nn.AdaptiveAvgPool2d)
+        and pool.output_size in (1, (1, 1))
+        and isinstance(flat, torch.nn.Flatten)
+        and isinstance(out, torch.nn.Linear)
+        and len(list(head.children())) == 4  # type: ignore[union-attr]
     )
-    maps: Map = normalise(up)[:, 0].cpu().numpy().astype(np.float32)
-    return maps
+    return out.weight.detach() if simple and isinstance(out, torch.nn.Linear) else None
+
+
+def _gradcam_maps(
+    explainer: _Explainer, features: torch.Tensor, pairs: list[tuple[int, int]]
+) -> torch.Tensor:
+    """MONAI GradCAM through the head, class by class: (pairs, 1, h, w)."""
+    out = torch.zeros(len(pairs), 1, *features.shape[2:], device=features.device)
+    with torch.inference_mode(False):
+        for cls in sorted({c for _, c in pairs}):
+            slots = [k for k, (_, c) in enumerate(pairs) if c == cls]
+            x = features[[pairs[k][0] for k in slots]].detach().float().clone()
+            with explainer.lock, torch.enable_grad():
+                raw = explainer.cam(x.requires_grad_(True), class_idx=cls)
+            out[slots] = raw.detach().to(out.dtype)
+    return out
+
+
+def _upsampled(raw: torch.Tensor, size: int) -> list[Map]:
+    """(P, 1, h, w) maps bilinearly upsampled to (size, size), normalised, as float32 arrays."""
+    up = torch.nn.functional.interpolate(
+        raw.float(), size=(size, size), mode="bilinear", align_corners=False
+    )
+    maps: Map = normalise(up)[:, 0].cpu().numpy().astype(np.float32, copy=False)
+    return list(maps)
 
 
 def map_to_display(cam: Map, letterbox: Letterbox, display_shape: tuple[int, int]) -> Map:

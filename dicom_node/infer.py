@@ -56,6 +56,10 @@ class Classifier:
     def labels(self) -> tuple[str, ...]:
         return self.bundle.labels
 
+    def check(self, batch: torch.Tensor) -> None:
+        """Raise ValueError unless `batch` is (N, C, S, S) with the bundle's C and S."""
+        self._check(batch)
+
     def _check(self, batch: torch.Tensor) -> None:
         c, s = self.bundle.in_channels, self.bundle.input_size
         if batch.ndim != 4 or batch.shape[1] != c or batch.shape[2] != batch.shape[3]:
@@ -98,3 +102,15 @@ class Classifier:
         with torch.no_grad():
             maps = [self._run(features, x).contiguous() for x in self._chunks(batch)]
         return torch.cat(maps)
+
+    def probabilities(self, features: torch.Tensor) -> npt.NDArray[np.float32]:
+        """Sigmoid probabilities (N, labels) from final feature maps, the head in float32.
+
+        With `features`, one pass through the network serves both probabilities and Grad-CAM.
+        """
+        head = getattr(self.network, "class_layers", None)
+        if not isinstance(head, torch.nn.Module):
+            raise TypeError("the network has no 'class_layers' module (DenseNet layout expected)")
+        with torch.no_grad():
+            logits: torch.Tensor = head(features.float().clone())  # its ReLU works in place
+        return torch.sigmoid(logits).cpu().numpy().astype(np.float32, copy=False)

@@ -20,6 +20,7 @@ from dicom_node.receive import Ingest, start_server
 from dicom_node.send import DimseSender, Sender
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
+from dicom_node.syslog import SyslogForwarder, forwarder_from_settings
 from dicom_node.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Node:
         self.server: ThreadedAssociationServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._forwarder: SyslogForwarder | None = None
 
     @property
     def port(self) -> int:
@@ -89,6 +91,9 @@ class Node:
         return int(self.server.server_address[1])
 
     def start(self) -> Node:
+        self._forwarder = forwarder_from_settings(self.settings)
+        if self._forwarder is not None:
+            self._forwarder.start()
         with self.sessions.begin() as session:
             audit.record(session, Event.NODE_START, detail=self._describe())
         if self.receive:
@@ -113,6 +118,8 @@ class Node:
             thread.join(timeout=60)
         with self.sessions.begin() as session:
             audit.record(session, Event.NODE_STOP, detail=self._describe())
+        if self._forwarder is not None:
+            self._forwarder.close()
 
     def __enter__(self) -> Node:
         return self.start()

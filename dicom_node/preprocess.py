@@ -10,12 +10,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID
 
 Image32 = npt.NDArray[np.float32]
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
 
 class PreprocessError(ValueError):
@@ -46,6 +48,16 @@ class Letterbox:
         inside = inside and self.pad_left >= 0 and self.pad_left + self.width <= self.size
         if not (inside and self.height > 0 and self.width > 0 and self.scale > 0):
             raise ValueError(f"inconsistent letterbox {self}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InputSpec:
+    """The model input a bundle expects: square side, channels, intensity normalisation."""
+
+    size: int
+    mean: float
+    std: float
+    channels: int = 1
 
 
 # ---- DICOM to display ---------------------------------------------------------------------
@@ -210,3 +222,21 @@ def load_image_file(path: Path) -> Image32:
     except OSError as exc:
         raise PreprocessError(f"cannot read image file {path}: {exc}") from exc
     return np.clip(arr, 0.0, 1.0).astype(np.float32)
+
+
+def read_display(path: Path) -> Image32:
+    """Any supported radiograph file as displayed: PNG/JPEG by suffix, otherwise DICOM."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return load_image_file(path)
+    try:
+        ds = dcmread(path)
+    except (InvalidDicomError, OSError) as exc:
+        raise PreprocessError(f"cannot read DICOM file {path}: {exc}") from exc
+    return render_for_display(ds)
+
+
+def prepare(image: Image32, spec: InputSpec) -> tuple[torch.Tensor, Letterbox]:
+    """The one path from a display image to the model input, for training and inference."""
+    return to_model_input(
+        image, size=spec.size, mean=spec.mean, std=spec.std, channels=spec.channels
+    )

@@ -66,6 +66,14 @@ class Settings(BaseModel):
     sc_max_side: int = Field(default=1024, ge=64, le=4096)
     require_view_position: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    audit_retention_days: float = Field(default=2192, gt=0)
+    audit_syslog_host: str | None = None
+    audit_syslog_port: int = Field(default=6514, ge=1, le=65535)
+    audit_syslog_ca_file: Path | None = None
+    audit_syslog_cert_file: Path | None = None
+    audit_syslog_key_file: Path | None = None
+    audit_syslog_queue_size: int = Field(default=10000, ge=1)
+    audit_enterprise_site: str | None = None
 
     @field_validator("allowed_calling_aets")
     @classmethod

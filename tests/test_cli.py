@@ -4,6 +4,7 @@ clean shutdown audited; no patient data in what the processes log."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -73,7 +74,9 @@ def test_serve_and_separate_work_process_share_postgres(postgres_url: str, tmp_p
             "DICOM_NODE_QUIET_SECONDS": "0.5",
             "DICOM_NODE_POLL_SECONDS": "0.2",
             "DICOM_NODE_LOG_LEVEL": "DEBUG",
-            "DICOM_NODE_DESTINATIONS": f'[{{"ae_title":"PACS","host":"127.0.0.1","port":{pacs.port}}}]',
+            "DICOM_NODE_DESTINATIONS": json.dumps(
+                [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]
+            ),
         }
         serve = _start("serve", {**env, "DICOM_NODE_WORKERS": "0"}, tmp_path / "serve.log")
         work = _start("work", env, tmp_path / "work.log")
