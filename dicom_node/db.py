@@ -23,8 +23,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     create_engine,
-    text,
     event,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker

@@ -19,7 +19,9 @@ def run_migrations() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or "sqlite:///var/dicom-node.db")
+    engine = create_engine(
+        config.get_main_option("sqlalchemy.url") or "sqlite:///var/dicom-node.db"
+    )
     with engine.begin() as conn:
         context.configure(connection=conn, target_metadata=target_metadata)
         with context.begin_transaction():
