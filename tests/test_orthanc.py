@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dicom_node.db import AuditEvent
+from dicom_node.db import AuditEvent, Job
 from dicom_node.node import Node
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.peers import (
@@ -26,6 +26,19 @@ pytestmark = pytest.mark.integration
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+
+
+def _wait_until_finished(node: Node, study_uid: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with node.sessions() as session:
+            state = session.scalars(
+                select(Job.state).where(Job.study_instance_uid == study_uid)
+            ).first()
+        if state in {"done", "skipped", "failed"}:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("job did not finish")
 
 
 def test_orthanc_study_gets_sr_and_sc_back_within_30_seconds(
@@ -52,6 +65,7 @@ def test_orthanc_study_gets_sr_and_sc_back_within_30_seconds(
             send_study(orthanc.api, modality="DICOMNODE", study_instance_uid=study_uid)
             instances = wait_for_study_instances(orthanc.api, study_uid, 3, timeout=30)
             elapsed = time.monotonic() - started
+            _wait_until_finished(node, study_uid)  # results are recorded just after the C-STOREs
             with node.sessions() as session:
                 events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
 
