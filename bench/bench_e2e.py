@@ -81,9 +81,8 @@ def run(studies: int, size: tuple[int, int], quiet: float) -> None:
             },
         )
         with Node(settings) as node:
-            print(
-                f"{size[0]}x{size[1]} DX, {studies} one-image studies per syntax, quiet period {quiet} s"
-            )
+            print(f"{size[0]}x{size[1]} DX, {studies} one-image studies per syntax")
+            print(f"quiet period {quiet} s")
             for name, syntax in (
                 ("uncompressed", ExplicitVRLittleEndian),
                 ("RLE", RLELossless),

@@ -46,6 +46,7 @@ class Event(enum.StrEnum):
     JOB_FAILED = "job_failed"
     JOB_SKIPPED = "job_skipped"
     IMAGE_SKIPPED = "image_skipped"
+    STUDY_REPROCESS = "study_reprocess"
     RESULT_SENT = "result_sent"
     RESULT_FAILED = "result_failed"
     AUDIT_LOG_USED = "audit_log_used"
@@ -61,11 +62,24 @@ class Outcome(enum.StrEnum):
 
 # Study-level events about the model reading a study: their rows count the study's instances.
 STUDY_ACCESS = frozenset(
-    {Event.STUDY_READY, Event.JOB_STARTED, Event.JOB_FINISHED, Event.JOB_FAILED, Event.JOB_SKIPPED}
+    {
+        Event.STUDY_READY,
+        Event.STUDY_REPROCESS,
+        Event.JOB_STARTED,
+        Event.JOB_FINISHED,
+        Event.JOB_FAILED,
+        Event.JOB_SKIPPED,
+    }
 )
 # Events whose participant is the person who started the process.
 LAUNCHED = frozenset(
-    {Event.NODE_START, Event.NODE_STOP, Event.AUDIT_LOG_USED, Event.AUDIT_LOG_PURGED}
+    {
+        Event.NODE_START,
+        Event.NODE_STOP,
+        Event.AUDIT_LOG_USED,
+        Event.AUDIT_LOG_PURGED,
+        Event.STUDY_REPROCESS,
+    }
 )
 
 

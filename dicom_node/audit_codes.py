@@ -107,6 +107,8 @@ DICOM_EVENTS: dict[str, DicomEvent] = {
     "job_failed": DicomEvent(event_id=INSTANCES_ACCESSED, action="R", direction="local"),
     "job_skipped": DicomEvent(event_id=INSTANCES_ACCESSED, action="R", direction="local"),
     "image_skipped": DicomEvent(event_id=INSTANCES_ACCESSED, action="R", direction="local"),
+    # a person asked for a stored study to be read again (`dicom-node reprocess`)
+    "study_reprocess": DicomEvent(event_id=INSTANCES_ACCESSED, action="R", direction="local"),
     # the sender does not know whether the receiver held copies: "R" (PS3.15 A.5.3.4)
     "result_sent": DicomEvent(event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound"),
     "result_failed": DicomEvent(event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound"),

@@ -130,9 +130,9 @@ def participants(item: AuditRecord, ctx: MessageContext) -> list[Participant]:
 
 
 def _local(item: AuditRecord, node: Participant, ctx: MessageContext) -> list[Participant]:
-    if item.event_id != "110100":  # the model reading instances: the process did it
-        return [_with(node, requestor=True)]
     launcher = _launcher(item, ctx)
+    if item.event_id != "110100":  # the model reading instances: the process, or who asked
+        return [_with(node, requestor=True)] if launcher is None else [launcher, node]
     application = _with(node, role=ROLE_APPLICATION)
     return [application] if launcher is None else [application, launcher]
 

@@ -1,4 +1,4 @@
-"""The `dicom-node` command: serve, work, echo, send, retry, demo, train, audit."""
+"""The `dicom-node` command: serve, work, echo, send, retry, reprocess, demo, train, audit."""
 
 from __future__ import annotations
 
@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(retry)
     retry.set_defaults(func=cmd_retry)
 
+    reprocess = commands.add_parser(
+        "reprocess", help="queue a stored study for analysis again (audited)"
+    )
+    reprocess.add_argument("study_uid", metavar="STUDY_UID", help="Study Instance UID")
+    _add_config(reprocess)
+    reprocess.set_defaults(func=cmd_reprocess)
+
     demo = commands.add_parser("demo", help="run the whole loop on a synthetic study")
     demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
     demo.add_argument("--seed", type=int, default=7)
@@ -70,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser = commands.add_parser("train", help="train a DenseNet121 bundle")
     train.configure_parser(train_parser)
     train_parser.set_defaults(func=train.run)
+
+    from dicom_node import evaluate
+
+    evaluate_parser = commands.add_parser("evaluate", help="score a bundle on labelled data")
+    evaluate.configure_parser(evaluate_parser)
+    evaluate_parser.set_defaults(func=evaluate.run)
     return parser
 
 
@@ -169,6 +182,24 @@ def cmd_retry(args: argparse.Namespace) -> int:
     sent, failed = deliver(sessions, default_sender(settings), ids, model=None)
     print(f"retried {len(ids)} delivery(ies): {sent} sent, {failed} still failed")
     return 0 if failed == 0 else 1
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from dicom_node.db import make_engine, make_session_factory, upgrade_schema
+    from dicom_node.reprocess import request_reprocess
+
+    settings = _settings(args)
+    engine = make_engine(settings.database_url)  # no model is loaded: the workers analyse
+    upgrade_schema(engine)
+    try:
+        job_id = request_reprocess(make_session_factory(engine), args.study_uid)
+    finally:
+        engine.dispose()
+    print(
+        f"study {args.study_uid}: job {job_id} queued; a worker (serve or work) analyses it and "
+        "sends the results again"
+    )
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

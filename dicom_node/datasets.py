@@ -71,10 +71,11 @@ def parse_findings(text: str, where: str) -> frozenset[str]:
 def split_by_patient(
     records: Sequence[Record], fraction: float, seed: int
 ) -> tuple[tuple[Record, ...], tuple[Record, ...]]:
-    """(train, val): a seeded `fraction` of the patients (at least one of two) go to val."""
+    """(train, val): a seeded `fraction` of the patients (at least one, if there are two or
+    more; with a single patient val stays empty) go to val."""
     patients = sorted({r.patient_id for r in records})
     if len(patients) < 2:
-        raise DatasetError(f"{len(patients)} patient(s): a validation split needs at least two")
+        return tuple(records), ()
     n_val = min(len(patients) - 1, max(1, math.ceil(fraction * len(patients))))
     order = np.random.default_rng(seed).permutation(len(patients))
     val_patients = {patients[i] for i in order[:n_val]}

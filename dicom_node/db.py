@@ -1,4 +1,4 @@
-"""Durable state in SQL: instances, studies, jobs, results, deliveries and the audit table.
+"""Durable state in SQL: instances, studies, jobs, results, reports, deliveries, audit trail.
 
 SQLite (a file) by default, PostgreSQL by URL; the schema is managed by Alembic
 (`dicom_node/migrations`). One engine per process, one session per unit of work.
@@ -163,6 +163,29 @@ class Delivery(Base):
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Report(Base):
+    """An SR the node emitted for a study (one row per SOP Instance UID, however often sent).
+
+    `content_digest` is what the SR states (`structured_reports.sr.content_digest`); a
+    re-analysis whose result differs from the newest report of the study gets a new SR naming
+    that report as its predecessor (`predecessor_sop_instance_uid`); the same result again is
+    the same SR (same UID, same predecessor).
+    """
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    content_digest: Mapped[str] = mapped_column(String(64))
+    predecessor_sop_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class AuditEvent(Base):

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import audit
 from dicom_node.audit import Event
+from dicom_node.batching import BatchingClassifier
 from dicom_node.bundle import load_bundle
 from dicom_node.db import make_engine, make_session_factory, upgrade_schema
 from dicom_node.infer import Classifier, resolve_device
@@ -45,9 +46,12 @@ def build_services(
         sessions=sessions,
         spool=Spool(settings.spool_dir),
         bundle=bundle,
-        classifier=Classifier(bundle, device),
+        batcher=BatchingClassifier(
+            Classifier(bundle, device, max_batch=settings.max_batch),
+            max_batch=settings.max_batch,
+            max_wait_ms=settings.max_wait_ms,
+        ),
         sender=sender or default_sender(settings),
-        model_lock=threading.Lock(),
     )
 
 
@@ -116,6 +120,8 @@ class Node:
             self.server.shutdown()
         for thread in self._threads:
             thread.join(timeout=60)
+        if self.services is not None:
+            self.services.batcher.close()
         with self.sessions.begin() as session:
             audit.record(session, Event.NODE_STOP, detail=self._describe())
         if self._forwarder is not None:

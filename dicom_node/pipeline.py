@@ -1,18 +1,17 @@
 """The pipeline of one study, in one place:
 
 load sources -> select images -> preprocess -> infer -> explain (Grad-CAM)
--> encode SR + SC -> store results and deliveries -> send -> job done | skipped | failed
+-> encode SR (naming the report it replaces) + SCs (as each destination wants them)
+-> store results, report and deliveries -> send -> job done | skipped | failed
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from pydicom import Dataset, dcmread
 from sqlalchemy import select
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import audit
 from dicom_node.audit import Event, Outcome
+from dicom_node.batching import BatchingClassifier
 from dicom_node.bundle import Bundle
 from dicom_node.db import Delivery, Instance, Result, Skip, utcnow
 from dicom_node.deliveries import deliver
@@ -32,21 +32,34 @@ from dicom_node.domain import (
     SourceImage,
     StudyResult,
 )
-from dicom_node.explain import gradcam, map_to_display
-from dicom_node.infer import Classifier
+from dicom_node.explain import map_to_display
 from dicom_node.jobs import ClaimedJob
-from dicom_node.preprocess import PreprocessError, display_uint8, render_for_display, to_model_input
+from dicom_node.preprocess import PreprocessError, display_uint8, prepare, render_for_display
+from dicom_node.reports import predecessors, record_report
 from dicom_node.selection import skip_reason
 from dicom_node.send import Sender
 from dicom_node.settings import Destination, Settings
 from dicom_node.spool import Spool
-from structured_reports.sc import build_gradcam_sc
+from structured_reports.results import SC_FINDINGS, ScFindings
+from structured_reports.sc import build_gradcam_scs
 from structured_reports.sr import build_classification_sr
 
 log = logging.getLogger(__name__)
 
 SR_SERIES_NUMBER = 9901
-SC_SERIES_NUMBER = 9902
+SC_SERIES_NUMBERS: dict[ScFindings, int] = {"present": 9902, "all": 9903, "per_finding": 9904}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class ResultObject:
+    """An encoded result: the SR (`sc_findings` None) or an SC made for that `sc_findings`."""
+
+    dataset: Dataset
+    sc_findings: ScFindings | None = None
+
+    @property
+    def is_sr(self) -> bool:
+        return self.sc_findings is None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -57,9 +70,8 @@ class Services:
     sessions: sessionmaker[Session]
     spool: Spool
     bundle: Bundle
-    classifier: Classifier
     sender: Sender
-    model_lock: threading.Lock
+    batcher: BatchingClassifier
 
     @property
     def model_label(self) -> str:
@@ -80,8 +92,11 @@ def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:
         images=tuple(images),
         skipped=(*skipped, *unreadable),
     )
-    objects = encode_results(study)
-    delivery_ids = store_results(ctx, job, study, objects)
+    previous = predecessors(ctx.sessions, study)
+    objects = encode_results(
+        study, previous_versions=previous, sc_findings=wanted_sc_findings(ctx.settings)
+    )
+    delivery_ids = store_results(ctx, job, study, objects, previous=previous)
     sent, failed = deliver(ctx.sessions, ctx.sender, delivery_ids, model=ctx.model_label)
     return summarise(study, sent, failed)
 
@@ -122,13 +137,7 @@ def prepare_images(
         except PreprocessError as exc:
             skipped.append(SkippedImage(source=source.header, reason=f"pixel data: {exc}"))
             continue
-        tensor, letterbox = to_model_input(
-            image,
-            size=bundle.input_size,
-            mean=bundle.mean,
-            std=bundle.std,
-            channels=bundle.in_channels,
-        )
+        tensor, letterbox = prepare(image, bundle.input_spec)
         prepared.append(
             PreparedImage(
                 header=source.header,
@@ -141,16 +150,13 @@ def prepare_images(
 
 
 def analyse(ctx: Services, prepared: list[PreparedImage]) -> list[ImageResult]:
-    """Classify all images as one batch, then Grad-CAM the findings above threshold."""
+    """Classify the images (batched with other studies' by the batcher) and Grad-CAM the
+    findings above threshold."""
     if not prepared:
         return []
     bundle = ctx.bundle
-    batch = torch.stack([p.model_input for p in prepared])
-    thresholds = np.asarray(bundle.thresholds)
-    with ctx.model_lock:
-        probabilities = ctx.classifier.predict(batch)
-        wanted = [np.flatnonzero(row >= thresholds).tolist() for row in probabilities]
-        cams = gradcam(ctx.classifier, batch, wanted)
+    analysis = ctx.batcher.analyse(torch.stack([p.model_input for p in prepared]))
+    probabilities, cams = analysis.probabilities, analysis.maps
     return [
         ImageResult(
             source=p.header,
@@ -170,29 +176,68 @@ def analyse(ctx: Services, prepared: list[PreparedImage]) -> list[ImageResult]:
     ]
 
 
-def encode_results(study: StudyResult) -> list[Dataset]:
-    """The SR for the study (also when nothing could be analysed) and one SC per analysed image."""
-    objects = [build_classification_sr(study, series_number=SR_SERIES_NUMBER)]
-    objects += [
-        build_gradcam_sc(image, study.model, series_number=SC_SERIES_NUMBER, instance_number=number)
-        for number, image in enumerate(study.images, start=1)
-    ]
+def encode_results(
+    study: StudyResult,
+    *,
+    previous_versions: list[Dataset] | None = None,
+    sc_findings: tuple[ScFindings, ...] = ("present",),
+) -> list[ResultObject]:
+    """The SR for the study (also when nothing could be analysed), naming the reports it
+    replaces, and the SCs of every analysed image for each choice in `sc_findings`."""
+    sr = build_classification_sr(
+        study, previous_versions=previous_versions or (), series_number=SR_SERIES_NUMBER
+    )
+    objects = [ResultObject(dataset=sr)]
+    for findings in sc_findings:
+        objects += [
+            ResultObject(dataset=ds, sc_findings=findings) for ds in _numbered_scs(study, findings)
+        ]
     return objects
 
 
+def wanted_sc_findings(settings: Settings) -> tuple[ScFindings, ...]:
+    """The SC choices some destination wants; the default one when none sends SCs (the SCs are
+    then only kept in the spool)."""
+    wanted = {d.sc_findings for d in settings.destinations if d.send_sc}
+    return tuple(f for f in SC_FINDINGS if f in wanted) or ("present",)
+
+
+def _numbered_scs(study: StudyResult, findings: ScFindings) -> list[Dataset]:
+    scs: list[Dataset] = []
+    for image in study.images:
+        scs += build_gradcam_scs(
+            image,
+            study.model,
+            findings=findings,
+            series_number=SC_SERIES_NUMBERS[findings],
+            first_instance_number=len(scs) + 1,
+        )
+    return scs
+
+
 def store_results(
-    ctx: Services, job: ClaimedJob, study: StudyResult, objects: list[Dataset]
+    ctx: Services,
+    job: ClaimedJob,
+    study: StudyResult,
+    objects: list[ResultObject],
+    *,
+    previous: list[Dataset] | None = None,
 ) -> list[int]:
-    """Write result files, then results, skips and pending deliveries in one transaction."""
-    paths = [_write_result(ctx.spool, ds) for ds in objects]
+    """Write result files, then results, skips, the report and pending deliveries in one
+    transaction."""
+    paths = [_write_result(ctx.spool, obj.dataset) for obj in objects]
     with ctx.sessions.begin() as session:
         _add_findings(session, job.id, study)
         _add_skips(session, job.id, study, ctx.model_label)
+        [(sr, sr_path)] = [(o.dataset, p) for o, p in zip(objects, paths, strict=True) if o.is_sr]
+        record_report(
+            session, job_id=job.id, sr=sr, study=study, path=sr_path, previous=previous or []
+        )
         deliveries = [
-            _delivery(job, ds, path, destination)
-            for ds, path in zip(objects, paths, strict=True)
+            _delivery(job, obj.dataset, path, destination)
+            for obj, path in zip(objects, paths, strict=True)
             for destination in ctx.settings.destinations
-            if _wants(destination, ds)
+            if _wants(destination, obj)
         ]
         session.add_all(deliveries)
         session.flush()
@@ -255,9 +300,12 @@ def _add_skips(session: Session, job_id: int, study: StudyResult, model: str) ->
         )
 
 
-def _wants(destination: Destination, ds: Dataset) -> bool:
-    is_sr = str(ds.Modality) == "SR"
-    return destination.send_sr if is_sr else destination.send_sc
+def _wants(destination: Destination, obj: ResultObject) -> bool:
+    """The SR goes where `send_sr`; an SC where `send_sc` and it was made for the destination's
+    `sc_findings`."""
+    if obj.is_sr:
+        return destination.send_sr
+    return destination.send_sc and destination.sc_findings == obj.sc_findings
 
 
 def _delivery(job: ClaimedJob, ds: Dataset, path: Path, destination: Destination) -> Delivery:

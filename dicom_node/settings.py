@@ -13,13 +13,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dicom_node.errors import ConfigError
+from structured_reports.results import ScFindings
 
 ENV_PREFIX = "DICOM_NODE_"
 _AE_TITLE = r"^[ -~]{1,16}$"  # PS3.5 AE VR: 16 characters of the default repertoire
 
 
 class Destination(BaseModel):
-    """A DICOM peer that receives the node's results by C-STORE."""
+    """A DICOM peer that receives the node's results by C-STORE.
+
+    `send_sr` / `send_sc` choose the objects it gets; `sc_findings` what its Grad-CAM SCs show:
+    "present" (one SC per image, findings above threshold), "all" (the same picture, every
+    finding's probability listed) or "per_finding" (one SC per finding above threshold, each
+    with that finding's heatmap). See docs/results.md.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -28,6 +35,7 @@ class Destination(BaseModel):
     port: int = Field(ge=1, le=65535)
     send_sr: bool = True
     send_sc: bool = True
+    sc_findings: ScFindings = "present"
 
     @field_validator("ae_title")
     @classmethod
@@ -54,6 +62,8 @@ class Settings(BaseModel):
     database_url: str = "sqlite:///var/dicom-node.db"
     model_bundle: Path = Path("models/cxr14-densenet121-demo")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch: int = Field(default=32, ge=1, le=1024)
+    max_wait_ms: float = Field(default=10.0, ge=0, le=10_000)
     quiet_seconds: float = Field(default=3.0, ge=0)
     workers: int = Field(default=1, ge=0, le=64)
     poll_seconds: float = Field(default=0.5, gt=0)

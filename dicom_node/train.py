@@ -13,6 +13,7 @@ from dicom_node.fit import FitConfig
 from dicom_node.infer import resolve_device
 from dicom_node.phantoms import LABELS
 from dicom_node.preprocess import InputSpec
+from dicom_node.tracking import mlflow_available
 from dicom_node.trainer import MEAN, STD, TrainConfig, TrainingData, file_data, phantom_data, train
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ def _network_kwargs(args: argparse.Namespace) -> dict[str, object]:
 
 def config_from(args: argparse.Namespace) -> TrainConfig:
     """The training configuration the command line asks for."""
+    if args.mlflow == "on" and not mlflow_available():
+        raise ValueError("--mlflow on needs MLflow: pip install 'dicom-node[mlflow]'")
     fit = FitConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -6,6 +6,8 @@ Sources, cited by short name in each entry:
   (pydicom 3.0) and used by highdicom; the CID is named where the concept is in one.
 - "SNOMED CT": SNOMED CT International Edition concept, cross-checked in the public mapping named
   in the entry (no terminology server is reachable from here: re-check on a release upgrade).
+  Every SCT code value passes the SNOMED CT identifier check digit (Verhoeff), checked when this
+  module is imported, so a mistyped or invented identifier cannot ship.
 
 Public projects disagree on several of these; the choices and rejected alternatives are noted:
 
@@ -16,11 +18,19 @@ Public projects disagree on several of these; the choices and rejected alternati
 - NIH "Effusion" and "Edema" mean pleural effusion and pulmonary edema; NIH "Mass", "Nodule" and
   "Hernia" are not restricted to the lung, so morphologic concepts are used as PS3.16 CID 6104
   (Abnormal Opacity Finding or Feature) does for Mass and Nodule.
-- Pleural_Thickening: no SNOMED CT or RadLex concept could be verified against a reliable source
-  offline (public tables disagree: 78381009, 116244005, ...), so a local code in the private scheme
-  `99DCMNODE` (PS3.3 8.2: designators starting "99" are local) is used and the scheme is declared
-  in the Coding Scheme Identification Sequence of every SR using it. Replace after a terminology
-  review (dciodvfy warns "Unrecognized defined term" for any local scheme).
+- Pleural_Thickening: a local code (scheme `99DCMNODE`, PS3.3 8.2: designators starting "99" are
+  local), declared in the Coding Scheme Identification Sequence of every SR that uses it. Searched
+  (2026): DICOM PS3.16 has no pleural thickening concept (pydicom codedict); the Open Imaging
+  Finding Model for it (openimagingdata/findingmodels `defs/pleural_thickening.fm.json`,
+  OIFM_GMTS_015999) indexes it only by RadLex Gamuts 15999, no SNOMED CT or RadLex concept; HPO
+  HP:0031944 "Pleural thickening" carries no SNOMED CT cross-reference; the SNOMED CT ids public
+  chest X-ray AI repositories give for it disagree, and 78381009, 78381001 and 116244005 fail the
+  SNOMED CT check digit (they are not identifiers at all), while 4468000 is well formed but its
+  meaning could not be verified. Miscoding a finding is worse than a validator warning (dciodvfy:
+  "Unrecognized defined term <99DCMNODE>"), so the local code stays until a terminology server
+  confirms a concept.
+- Study summary: 121402 "Normality" (PS3.16) = CID 222 Normal / Abnormal / Normality Undetermined,
+  stated for the 14 findings the model reads, with a TEXT summary next to it.
 """
 
 from __future__ import annotations
@@ -47,9 +57,44 @@ class Concept:
     meaning: str
     source: str
 
+    def __post_init__(self) -> None:
+        if self.scheme == "SCT" and not is_sctid(self.value):
+            raise ValueError(
+                f"{self.value!r} ({self.meaning}) is not a SNOMED CT identifier: its check digit "
+                "fails; copy the concept id again from a terminology browser"
+            )
+
     def coded(self) -> CodedConcept:
         """A new highdicom `CodedConcept` (a Dataset, so never shared between objects)."""
         return CodedConcept(value=self.value, scheme_designator=self.scheme, meaning=self.meaning)
+
+
+# Verhoeff's dihedral-group tables, as SNOMED CT uses them for the last digit of an identifier.
+_VERHOEFF_STEP = (1, 5, 7, 6, 2, 8, 3, 0, 9, 4)
+
+
+def _dihedral(j: int, k: int) -> int:
+    """Product j * k in the dihedral group D5 (0-4 rotations, 5-9 reflections)."""
+    if j < 5:
+        return (j + k) % 5 if k < 5 else (j + k - 5) % 5 + 5
+    return (j - 5 - k) % 5 + 5 if k < 5 else (j - k) % 5
+
+
+def _permute(position: int, digit: int) -> int:
+    for _ in range(position % 8):
+        digit = _VERHOEFF_STEP[digit]
+    return digit
+
+
+def is_sctid(value: str) -> bool:
+    """True when `value` is a well-formed SNOMED CT identifier: 6 to 18 digits, no leading zero,
+    and a valid Verhoeff check digit (SNOMED CT Technical Implementation Guide, SCTID)."""
+    if not (value.isdigit() and value.isascii() and 6 <= len(value) <= 18) or value[0] == "0":
+        return False
+    check = 0
+    for position, digit in enumerate(reversed(value)):
+        check = _dihedral(check, _permute(position, int(digit)))
+    return check == 0
 
 
 def _sct(value: str, meaning: str, source: str) -> Concept:
@@ -97,24 +142,29 @@ _FINDINGS: dict[str, Concept] = {
     "Consolidation": _sct(
         "95436008",
         "Lung consolidation",
-        "SNOMED CT |Lung consolidation (disorder)|; OHDSI Athena concept 4318404",
+        "SNOMED CT |Lung consolidation (disorder)|; OHDSI Athena concept 4318404; HL7 LT lung IG "
+        "ValueSet incidental-finding",
     ),
     "Edema": _sct("19242006", "Pulmonary edema", "PS3.16 (pydicom codes.SCT.PulmonaryEdema)"),
     "Emphysema": _sct(
         "87433001",
         "Pulmonary emphysema",
-        "SNOMED CT |Pulmonary emphysema (disorder)|; HL7 FHIR value sets (e.g. HL7 LT lung IG)",
+        "SNOMED CT |Pulmonary emphysema (disorder)|; HL7 LT lung IG ValueSet incidental-finding",
     ),
     "Fibrosis": _sct(
         "51615001",
         "Fibrosis of lung",
-        "SNOMED CT |Fibrosis of lung (disorder)|; HL7 FHIR displays 'Pulmonary fibrosis'",
+        "SNOMED CT |Fibrosis of lung (disorder)|; MONDO:0002771 equivalent SCTID 51615001 (EBI "
+        "OLS, EFO_0009448); HL7 FHIR displays 'Pulmonary fibrosis'",
     ),
     "Pleural_Thickening": Concept(
         value="PLEURAL-THICK",
         scheme=LOCAL_SCHEME,
         meaning="Pleural thickening",
-        source="local code: no SNOMED CT/RadLex concept verified offline (see module docstring)",
+        source=(
+            "local code: no SNOMED CT/RadLex concept verifiable (OIFM_GMTS_015999 and HPO "
+            "HP:0031944 carry none; public SCT ids fail the check digit): see module docstring"
+        ),
     ),
     "Hernia": _sct(
         "414403008",
@@ -156,6 +206,13 @@ PROCESSING_EQUIPMENT = _dcm(
     "PS3.16 CID 7005 Contributing Equipment Purposes of Reference (109103 is Modifying Equipment)",
 )
 COMMENT = _dcm("121106", "Comment", "PS3.16 (pydicom codes.DCM.Comment)")
+SUMMARY = _dcm("121111", "Summary", "PS3.16 (pydicom codes.DCM.Summary)")
+NORMALITY = _dcm("121402", "Normality", "PS3.16 (pydicom codes.DCM.Normality)")
+NORMAL = _sct("17621005", "Normal", "PS3.16 CID 222 Normality")
+ABNORMAL = _sct("263654008", "Abnormal", "PS3.16 CID 222 Normality")
+NORMALITY_UNDETERMINED = _sct(
+    "371934000", "Normality Undetermined", "PS3.16 CID 222 Normality (no image analysed)"
+)
 QUALITATIVE_EVALUATIONS = Concept(
     value="C0034375",
     scheme="UMLS",

@@ -6,10 +6,15 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
+
+ScFindings = Literal["present", "all", "per_finding"]
+"""What the Grad-CAM SCs of a destination show (see `structured_reports.sc`)."""
+SC_FINDINGS: tuple[ScFindings, ...] = get_args(ScFindings)
 
 # Prefix under which the node derives its own UIDs (2.25 = UUID-derived, PS3.5 B.2).
 UID_PREFIX = "2.25."

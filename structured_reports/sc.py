@@ -1,26 +1,29 @@
-"""The Grad-CAM explanation of one radiograph as an RGB Secondary Capture, annotations burned in.
+"""The Grad-CAM explanation of one radiograph as RGB Secondary Captures, annotations burned in.
 
-Layout (text scales with the image; nothing is drawn over the radiograph except the heatmap):
+Which findings a destination's SCs show (`ScFindings`, the per-destination setting
+`sc_findings`):
 
-    +--------------------------------------------+--------+
-    | banner: AI result - not for diagnostic use          |
-    +--------------------------------------------+--------+
-    | radiograph (grey) + union of the Grad-CAM  | legend |
-    | maps as a jet heatmap where the map is     | 1 .. 0 |
-    | strong                                     |        |
-    +--------------------------------------------+--------+
-    | findings above threshold with probabilities; model   |
-    +-----------------------------------------------------+
+- "present": one SC per analysed image; the heatmap is the maximum of the maps of the findings
+  at or above threshold, the text lists those findings with their probabilities (or "No finding
+  above threshold");
+- "all": as "present", and the text also lists every finding below threshold with its
+  probability (the heatmap still shows only findings above threshold: a map of a finding the
+  model did not find would mislead);
+- "per_finding": one SC per finding above threshold, each with the heatmap of that finding only;
+  an image without any gets the single "No finding above threshold" SC.
+
+The picture itself is drawn by `structured_reports.overlay`. Every UID is a pure function of the
+source image, the model version, what is drawn and the choice above, so resends are idempotent.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from highdicom.sc import SCImage
-from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -29,42 +32,93 @@ from structured_reports.equipment import (
     contributing_equipment,
     disclaimer,
 )
-from structured_reports.results import ImageResult, ModelIdentity, derive_uid
+from structured_reports.overlay import MAP_LOW, render_overlay
+from structured_reports.results import (
+    FindingResult,
+    ImageResult,
+    ModelIdentity,
+    ScFindings,
+    derive_uid,
+)
 
 SERIES_DESCRIPTION = "AI Grad-CAM (not for diagnostic use)"
+_SERIES_DESCRIPTIONS: dict[ScFindings, str] = {
+    "present": SERIES_DESCRIPTION,
+    "all": "AI Grad-CAM, all findings (not for diagnostic use)",
+    "per_finding": "AI Grad-CAM per finding (not for diagnostic use)",
+}
 NO_FINDING_TEXT = "No finding above threshold"
-# The heatmap shows from MAP_LOW, is fully weighted from MAP_HIGH, and never hides the radiograph.
-MAP_LOW, MAP_HIGH, MAX_ALPHA = 0.2, 0.6, 0.6
-BANNER_RGB = (170, 0, 0)
-TEXT_RGB = (255, 255, 255)
 _ORIENTATIONS = frozenset("APRLHF")
 
-Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
-RGBArray = npt.NDArray[np.uint8]
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ScView:
+    """One picture of an image: which findings it is about (`focus`: one finding's label in
+    "per_finding" mode, else None)."""
+
+    findings: ScFindings = "present"
+    focus: str | None = None
+
+
+def sc_views(image: ImageResult, findings: ScFindings = "present") -> list[ScView]:
+    """The SCs an image gets under `findings` (see module docstring)."""
+    if findings == "per_finding" and image.present:
+        ranked = sorted(image.present, key=lambda f: (-f.probability, f.label))
+        return [ScView(findings="per_finding", focus=f.label) for f in ranked]
+    return [ScView(findings=findings)]
+
+
+def build_gradcam_scs(
+    image: ImageResult,
+    model: ModelIdentity,
+    *,
+    findings: ScFindings = "present",
+    series_number: int = 9902,
+    first_instance_number: int = 1,
+) -> list[Dataset]:
+    """Every SC of `image` under `findings`, numbered from `first_instance_number`."""
+    return [
+        build_gradcam_sc(
+            image,
+            model,
+            view=view,
+            series_number=series_number,
+            instance_number=first_instance_number + offset,
+        )
+        for offset, view in enumerate(sc_views(image, findings))
+    ]
 
 
 def build_gradcam_sc(
     image: ImageResult,
     model: ModelIdentity,
     *,
+    view: ScView | None = None,
     series_number: int = 9902,
     instance_number: int = 1,
 ) -> Dataset:
-    """Encode the Grad-CAM overlay of `image` as a Secondary Capture of the source's study.
+    """Encode one Grad-CAM picture of `image` as a Secondary Capture of the source's study.
 
     Patient and study attributes are copied by highdicom from the source header.
     """
+    view = view or ScView()
     source = image.source
     orientation = _patient_orientation(source)
+    pixels = render_overlay(
+        image,
+        model,
+        lines=annotation_lines(image, model, view),
+        heatmap_labels=[view.focus] if view.focus else [f.label for f in image.present],
+    )
     sc = SCImage.from_ref_dataset(
         ref_dataset=source,
-        pixel_array=render_overlay(image, model),
+        pixel_array=pixels,
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=sc_series_uid(image, model),
+        series_instance_uid=sc_series_uid(image, model, view.findings),
         series_number=series_number,
-        sop_instance_uid=sc_instance_uid(image, model),
+        sop_instance_uid=sc_instance_uid(image, model, view),
         instance_number=instance_number,
         manufacturer=model.manufacturer,
         # highdicom wants an orientation for the PATIENT coordinate system; see below if unknown
@@ -77,19 +131,24 @@ def build_gradcam_sc(
         sc.add_new("PatientOrientation", "CS", None)
     # A chest is not paired: with the body part stated, Laterality (Type 2C) is rightly absent.
     sc.BodyPartExamined = image.source.get("BodyPartExamined") or "CHEST"
-    _describe_derivation(sc, image, model)
+    _describe_derivation(sc, image, model, view)
     apply_general_equipment(sc, model)
     return sc
 
 
-def sc_series_uid(image: ImageResult, model: ModelIdentity) -> str:
-    """One Grad-CAM series per study and model version."""
-    return derive_uid("sc-series", str(image.source.StudyInstanceUID), model.device_uid)
+def sc_series_uid(
+    image: ImageResult, model: ModelIdentity, findings: ScFindings = "present"
+) -> str:
+    """One Grad-CAM series per study, model version and choice of findings."""
+    extra = () if findings == "present" else (findings,)
+    return derive_uid("sc-series", str(image.source.StudyInstanceUID), model.device_uid, *extra)
 
 
-def sc_instance_uid(image: ImageResult, model: ModelIdentity) -> str:
-    """Changes with the source image, the model version and anything drawn."""
-    return derive_uid("sc", image.sop_instance_uid, model.device_uid, overlay_digest(image))
+def sc_instance_uid(image: ImageResult, model: ModelIdentity, view: ScView | None = None) -> str:
+    """Changes with the source image, the model version, anything drawn and the view."""
+    view = view or ScView()
+    extra = () if view == ScView() else (view.findings, view.focus or "")
+    return derive_uid("sc", image.sop_instance_uid, model.device_uid, overlay_digest(image), *extra)
 
 
 def overlay_digest(image: ImageResult) -> str:
@@ -105,54 +164,37 @@ def overlay_digest(image: ImageResult) -> str:
     return digest.hexdigest()
 
 
-def render_overlay(image: ImageResult, model: ModelIdentity) -> RGBArray:
-    """The annotated RGB picture (uint8, rows x columns x 3) that the SC stores."""
-    height, width = image.display.shape
-    size = font_size(height, width)
-    font = ImageFont.load_default(size=size)
-    pad = max(2, size // 2)
-    canvas_width = width + round(font.getlength("1.0")) + size + 3 * pad  # + legend column
-    banner = _wrap([disclaimer(model)], font, canvas_width - 2 * pad)
-    footer = _wrap(annotation_lines(image, model), font, canvas_width - 2 * pad)
-    line_height = _line_height(font)
-    top = len(banner) * line_height + 2 * pad
-    bottom = top + height
-    canvas = Image.new("RGB", (canvas_width, bottom + len(footer) * line_height + 2 * pad))
-    canvas.paste(Image.fromarray(blend_heatmap(image)), (0, top))
-    draw = ImageDraw.Draw(canvas)
-    draw.rectangle((0, 0, canvas_width, top - 1), fill=BANNER_RGB)
-    _draw_lines(draw, font, banner, (pad, pad), line_height)
-    _draw_legend(canvas, draw, font, (width, top, size, height), pad)
-    _draw_lines(draw, font, footer, (pad, bottom + pad), line_height)
-    return np.asarray(canvas, dtype=np.uint8)
+def annotation_lines(
+    image: ImageResult, model: ModelIdentity, view: ScView | None = None
+) -> list[str]:
+    """The text under the picture: the findings (see module docstring), model, how to read it."""
+    view = view or ScView()
+    present = _ranked(image.present)
+    if view.focus is not None:
+        [focus] = [f for f in image.findings if f.label == view.focus]
+        others = [f for f in present if f.label != view.focus]
+        lines = [f"Heatmap of {_named(focus)} (threshold {focus.threshold:.2f})"]
+        if others:
+            lines.append(f"Also above threshold: {_listed(others)}")
+    else:
+        lines = [f"Findings above threshold: {_listed(present)}" if present else NO_FINDING_TEXT]
+        below = _ranked([f for f in image.findings if not f.present])
+        if view.findings == "all" and below:
+            lines.append(f"Below threshold: {_listed(below)}")
+    heatmap = f"Heatmap: Grad-CAM, shown from {MAP_LOW:g} (0 = blue, 1 = red)"
+    return [*lines, f"Model: {model.label}", heatmap]
 
 
-def blend_heatmap(image: ImageResult) -> RGBArray:
-    """The grey radiograph with the union (maximum) of its maps alpha-blended as a jet heatmap."""
-    grey = np.repeat(image.display[..., None].astype(np.float32), 3, axis=2)
-    cam = union_of_maps(image)
-    alpha = MAX_ALPHA * np.clip((cam - MAP_LOW) / (MAP_HIGH - MAP_LOW), 0.0, 1.0)[..., None]
-    blended = grey * (1.0 - alpha) + jet(cam).astype(np.float32) * alpha
-    out: RGBArray = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return out
+def _ranked(findings: tuple[FindingResult, ...] | list[FindingResult]) -> list[FindingResult]:
+    return sorted(findings, key=lambda f: (-f.probability, f.label))
 
 
-def union_of_maps(image: ImageResult) -> npt.NDArray[np.float32]:
-    """Pixel-wise maximum of all maps of the image, in [0, 1]; zeros when it has none."""
-    if not image.maps:
-        return np.zeros(image.display.shape, dtype=np.float32)
-    stacked = np.stack([np.asarray(cam, dtype=np.float32) for cam in image.maps.values()])
-    cam: npt.NDArray[np.float32] = np.clip(np.nan_to_num(stacked.max(axis=0)), 0.0, 1.0)
-    return cam
+def _named(finding: FindingResult) -> str:
+    return f"{finding.label.replace('_', ' ')} {finding.probability:.2f}"
 
 
-def jet(values: npt.NDArray[np.float32]) -> RGBArray:
-    """The 'jet' colour map (blue at 0, green at 0.5, red at 1) of values in [0, 1]."""
-    v = np.clip(values, 0.0, 1.0)[..., None]
-    centres = np.array([0.75, 0.5, 0.25], dtype=np.float32)  # red, green, blue
-    rgb = np.clip(1.5 - np.abs(4.0 * v - 4.0 * centres), 0.0, 1.0)
-    out: RGBArray = np.rint(rgb * 255.0).astype(np.uint8)
-    return out
+def _listed(findings: list[FindingResult]) -> str:
+    return ", ".join(_named(f) for f in findings)
 
 
 def _quantise(cam: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
@@ -169,93 +211,21 @@ def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
     return None
 
 
-def _describe_derivation(sc: Dataset, image: ImageResult, model: ModelIdentity) -> None:
+def _describe_derivation(
+    sc: Dataset, image: ImageResult, model: ModelIdentity, view: ScView
+) -> None:
     """The attributes that say what this picture is and where it came from."""
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "YES"
-    sc.SeriesDescription = SERIES_DESCRIPTION
+    sc.SeriesDescription = _SERIES_DESCRIPTIONS[view.findings]
+    about = f" of {view.focus.replace('_', ' ')}" if view.focus else ""
     sc.DerivationDescription = (
-        f"Grad-CAM heatmap of {model.label} blended over the radiograph; findings, model and "
-        f"'{disclaimer(model)}' burned in"
-    )
+        f"Grad-CAM heatmap{about} of {model.label} blended over the radiograph as displayed; "
+        f"findings, model and '{disclaimer(model)}' burned in"
+    )[:1024]
     sc.ImageComments = disclaimer(model)
     reference = Dataset()
     reference.ReferencedSOPClassUID = image.source.SOPClassUID
     reference.ReferencedSOPInstanceUID = image.sop_instance_uid
     sc.SourceImageSequence = [reference]
-
-
-def annotation_lines(image: ImageResult, model: ModelIdentity) -> list[str]:
-    """The text under the picture: present findings by probability (or none), model, legend."""
-    present = sorted(image.present, key=lambda f: (-f.probability, f.label))
-    if present:
-        findings = ", ".join(f"{f.label.replace('_', ' ')} {f.probability:.2f}" for f in present)
-        first = f"Findings above threshold: {findings}"
-    else:
-        first = NO_FINDING_TEXT
-    heatmap = f"Heatmap: Grad-CAM, shown from {MAP_LOW:g} (0 = blue, 1 = red)"
-    return [first, f"Model: {model.label}", heatmap]
-
-
-def font_size(height: int, width: int) -> int:
-    """Text height in pixels: about 1/40 of the image's longer side, at least 10.
-
-    Pillow's built-in font (`load_default(size=...)`, Pillow >= 10.1) needs no font files.
-    """
-    return max(10, round(max(height, width) / 40))
-
-
-def _line_height(font: Font) -> int:
-    _, top, _, bottom = font.getbbox("Ag")
-    return int(bottom) + max(2, round((bottom - top) / 4))
-
-
-def _draw_legend(
-    canvas: Image.Image,
-    draw: ImageDraw.ImageDraw,
-    font: Font,
-    box: tuple[int, int, int, int],
-    pad: int,
-) -> None:
-    """A vertical colour bar from 1 (top) to 0 (bottom) with its values.
-
-    `box` is (left, top, bar width, height) of the legend column.
-    """
-    left, top, bar_width, height = box
-    bar_height = max(2, height - 2 * pad)
-    ramp = np.linspace(1.0, 0.0, bar_height, dtype=np.float32)[:, None]
-    bar = jet(np.repeat(ramp, bar_width, axis=1))
-    canvas.paste(Image.fromarray(bar), (left + pad, top + pad))
-    text_x = left + 2 * pad + bar_width
-    for value, fraction in (("1.0", 0.0), ("0.5", 0.5), ("0.0", 1.0)):
-        y = top + pad + round(fraction * (bar_height - _line_height(font)))
-        draw.text((text_x, y), value, fill=TEXT_RGB, font=font)
-
-
-def _draw_lines(
-    draw: ImageDraw.ImageDraw,
-    font: Font,
-    lines: list[str],
-    origin: tuple[int, int],
-    line_height: int,
-) -> None:
-    x, y = origin
-    for number, line in enumerate(lines):
-        draw.text((x, y + number * line_height), line, fill=TEXT_RGB, font=font)
-
-
-def _wrap(lines: list[str], font: Font, max_width: int) -> list[str]:
-    """Greedy word wrap of each line to `max_width` pixels."""
-    wrapped: list[str] = []
-    for line in lines:
-        current = ""
-        for word in line.split(" "):
-            candidate = f"{current} {word}".strip()
-            if current and font.getlength(candidate) > max_width:
-                wrapped.append(current)
-                current = word
-            else:
-                current = candidate
-        wrapped.append(current)
-    return wrapped

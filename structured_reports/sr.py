@@ -3,24 +3,31 @@
 Content tree (PS3.16 TID 1500; one TID 1501 group per finding per analysed image):
 
     Imaging Measurement Report
-      Language, Device Observer (the model), Procedure reported: Plain X-ray of chest
+      Language, Device Observer (the model: UID, name, manufacturer, model name)
+      Procedure reported: the source's requested procedure, else Plain X-ray of chest
       Image Library: the analysed images (or, when none was analysed, the images considered)
       Imaging Measurements                                   only when an image was analysed
-        Measurement Group: tracking id, finding type, TID 4019 algorithm, source image,
+        Measurement Group: tracking id and UID, finding type, TID 4019 algorithm (name, version,
+                           weights digest, threshold), source image,
                            Probability (UCUM "1"), Presence of property: Present | Absent
-      Qualitative Evaluations: the disclaimer; "not analysed" and the reason of every skipped image
+      Qualitative Evaluations: Normality and Summary of the study, the disclaimer, the reason of
+                           every image not analysed (`structured_reports.evaluations`)
 
 Every UID is a pure function of its inputs (resends are idempotent; a changed result is a new
-instance): the series from (study, model device), the instance also from a digest of the content.
+instance): the series from (study, model device), the instance also from a digest of the content
+and the SOP Instance UIDs of the predecessors it names (Predecessor Documents Sequence), so a
+re-analysis with a different result is a new document that refers to the one it replaces.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 
 from highdicom.sr import (
     CodeContentItem,
+    CodedConcept,
     Comprehensive3DSR,
     ContainerContentItem,
     ContentSequence,
@@ -33,7 +40,6 @@ from highdicom.sr import (
     QualitativeEvaluation,
     RelationshipTypeValues,
     SourceImageForMeasurementGroup,
-    TextContentItem,
     TrackingIdentifier,
 )
 from highdicom.sr.templates import DEFAULT_LANGUAGE
@@ -45,9 +51,10 @@ from structured_reports.equipment import (
     algorithm_identification,
     apply_general_equipment,
     contributing_equipment,
-    disclaimer,
     observer_device_context,
 )
+from structured_reports.evaluations import qualitative_evaluations
+from structured_reports.procedure import procedure_codes
 from structured_reports.results import (
     FindingResult,
     ImageResult,
@@ -65,6 +72,7 @@ _PROJECTION_DESCRIPTORS = ("PatientOrientation", "ImagerPixelSpacing")
 def build_classification_sr(
     result: StudyResult,
     *,
+    previous_versions: Sequence[Dataset] = (),
     series_number: int = 9901,
     instance_number: int = 1,
     institution_name: str | None = None,
@@ -73,21 +81,25 @@ def build_classification_sr(
 
     Patient and study attributes are copied by highdicom from the source headers (the evidence).
     The document is complete but unverified: an AI result that no person has signed.
+    `previous_versions` are the headers (SOP Class, SOP Instance, Study and Series Instance UIDs
+    suffice) of the SRs this one replaces, listed in its Predecessor Documents Sequence.
     """
     model = result.model
+    procedures = procedure_codes(result.sources)
     sr = Comprehensive3DSR(
         evidence=list(result.sources),
-        content=_report_content(result),
+        content=_report_content(result, procedures),
         series_instance_uid=sr_series_uid(result),
         series_number=series_number,
-        sop_instance_uid=sr_instance_uid(result),
+        sop_instance_uid=sr_instance_uid(result, previous_versions),
         instance_number=instance_number,
         manufacturer=model.manufacturer,
         is_complete=True,
         is_final=False,
         is_verified=False,
         institution_name=institution_name,
-        performed_procedure_codes=[codes.CHEST_RADIOGRAPH.coded()],
+        previous_versions=list(previous_versions) or None,
+        performed_procedure_codes=procedures,
         contributing_equipment=[contributing_equipment(model, institution_name=institution_name)],
     )
     sr.SeriesDescription = SERIES_DESCRIPTION
@@ -102,22 +114,32 @@ def sr_series_uid(result: StudyResult) -> str:
     return derive_uid("sr-series", result.study_instance_uid, result.model.device_uid)
 
 
-def sr_instance_uid(result: StudyResult) -> str:
-    """SOP Instance UID of the SR: changes whenever the encoded content changes."""
+def sr_instance_uid(result: StudyResult, previous_versions: Sequence[Dataset] = ()) -> str:
+    """SOP Instance UID of the SR: changes whenever the encoded content or the predecessors
+    change; the same result with the same predecessors always gets the same UID."""
+    predecessors = sorted(str(ds.SOPInstanceUID) for ds in previous_versions)
     return derive_uid(
-        "sr", result.study_instance_uid, result.model.device_uid, content_digest(result)
+        "sr",
+        result.study_instance_uid,
+        result.model.device_uid,
+        content_digest(result),
+        *predecessors,
     )
 
 
 def content_digest(result: StudyResult) -> str:
     """SHA-256 of what the SR states: per image the labels, rounded probabilities and thresholds;
-    per skipped image its reason. Independent of the order in which images are listed."""
+    per skipped image its reason; the procedure reported. Independent of the order in which
+    images are listed."""
     images = sorted(
         [image.sop_instance_uid, [_finding_key(f) for f in image.findings]]
         for image in result.images
     )
     skipped = sorted([item.sop_instance_uid, item.reason] for item in result.skipped)
-    text = json.dumps({"images": images, "skipped": skipped}, sort_keys=True)
+    procedures = [[str(c.value), str(c.scheme_designator)] for c in procedure_codes(result.sources)]
+    text = json.dumps(
+        {"images": images, "skipped": skipped, "procedures": procedures}, sort_keys=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -138,19 +160,19 @@ def _uses_local_codes(result: StudyResult) -> bool:
     )
 
 
-def _report_content(result: StudyResult) -> Dataset:
+def _report_content(result: StudyResult, procedures: list[CodedConcept]) -> Dataset:
     """The root CONTAINER of the TID 1500 tree."""
     if result.images:
         report = MeasurementReport(
             observation_context=_observation_context(result),
-            procedure_reported=codes.CHEST_RADIOGRAPH.coded(),
+            procedure_reported=procedures,
             imaging_measurements=_measurement_groups(result),
             referenced_images=[_library_header(image.source) for image in result.images],
         )
         root: Dataset = report[0]
     else:
-        root = _report_without_measurements(result)
-    root.ContentSequence.append(_qualitative_evaluations(result))
+        root = _report_without_measurements(result, procedures)
+    root.ContentSequence.append(qualitative_evaluations(result))
     return root
 
 
@@ -158,7 +180,9 @@ def _observation_context(result: StudyResult) -> ObservationContext:
     return ObservationContext(observer_device_context=observer_device_context(result.model))
 
 
-def _report_without_measurements(result: StudyResult) -> ContainerContentItem:
+def _report_without_measurements(
+    result: StudyResult, procedures: list[CodedConcept]
+) -> ContainerContentItem:
     """TID 1500 root for a study none of whose images was analysed.
 
     highdicom's MeasurementReport insists on measurement groups; TID 1500 itself needs only one of
@@ -169,12 +193,13 @@ def _report_without_measurements(result: StudyResult) -> ContainerContentItem:
     root.ContentSequence = ContentSequence()
     root.ContentSequence.extend(LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE))
     root.ContentSequence.extend(_observation_context(result))
-    root.ContentSequence.append(
+    root.ContentSequence.extend(
         CodeContentItem(
             name=dicom_codes.DCM.ProcedureReported,
-            value=codes.CHEST_RADIOGRAPH.coded(),
+            value=procedure,
             relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
         )
+        for procedure in procedures
     )
     root.ContentSequence.extend(
         ImageLibrary([_library_header(item.source) for item in result.skipped])
@@ -247,29 +272,3 @@ def _finding_group(
             )
         ],
     )
-
-
-def _qualitative_evaluations(result: StudyResult) -> ContainerContentItem:
-    """TID 1500 row 12: the disclaimer and, for each image not analysed, why."""
-    texts = [f"{disclaimer(result.model)} ({result.model.label})."]
-    if not result.images:
-        texts.append("Study not analysed: none of its images was suitable for the model.")
-    texts.extend(
-        f"Image not analysed (SOP Instance UID {item.sop_instance_uid}): {item.reason}"
-        for item in result.skipped
-    )
-    container = ContainerContentItem(
-        name=codes.QUALITATIVE_EVALUATIONS.coded(),
-        relationship_type=RelationshipTypeValues.CONTAINS,
-    )
-    container.ContentSequence = ContentSequence(
-        [
-            TextContentItem(
-                name=codes.COMMENT.coded(),
-                value=text,
-                relationship_type=RelationshipTypeValues.CONTAINS,
-            )
-            for text in texts
-        ]
-    )
-    return container

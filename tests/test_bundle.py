@@ -20,12 +20,14 @@ from dicom_node.bundle import (
     WEIGHTS,
     Bundle,
     BundleError,
+    code_entry,
     instantiate_network,
     load_bundle,
     write_bundle,
 )
 from dicom_node.infer import Classifier
-from dicom_node.phantoms import LABELS, make_phantom, phantom_dataset
+from dicom_node.phantom_dicom import phantom_dataset
+from dicom_node.phantoms import LABELS, make_phantom
 from dicom_node.preprocess import render_for_display, to_model_input
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "cxr14-densenet121-demo"
@@ -159,6 +161,10 @@ def _edit(doc_path: Path, change: Callable[[Doc], None]) -> None:
     doc_path.write_text(json.dumps(doc))
 
 
+def _codes(**changes: Doc) -> Doc:
+    return {label: changes.get(label, code_entry(label)) for label in TINY_LABELS}
+
+
 def _thresholds(doc: Doc) -> Doc:
     thresholds: Doc = doc["dicom_node"]["thresholds"]
     return thresholds
@@ -185,6 +191,24 @@ METADATA_CASES: list[tuple[str, Callable[[Doc], None], str]] = [
         "'dicom_node.synthetic_demo'",
     ),
     ("no section", lambda d: d.pop("dicom_node"), "'dicom_node' missing"),
+    (
+        "uncoded label",
+        lambda d: d["dicom_node"].update(
+            labels=["Atelectasis", "Cardiomegaly", "Lung Nodule"],
+            thresholds={"Atelectasis": 0.5, "Cardiomegaly": 0.5, "Lung Nodule": 0.5},
+        ),
+        "without a coded concept: ['Lung Nodule']",
+    ),
+    (
+        "wrong code",
+        lambda d: d["dicom_node"].update(codes=_codes(Effusion={"value": "1", "scheme": "SCT"})),
+        "'dicom_node.codes.Effusion'",
+    ),
+    (
+        "codes incomplete",
+        lambda d: d["dicom_node"].update(codes={"Effusion": code_entry("Effusion")}),
+        "'dicom_node.codes' keys differ",
+    ),
 ]
 INFERENCE_CASES: list[tuple[str, Callable[[Doc], None], str]] = [
     (
@@ -201,6 +225,18 @@ INFERENCE_CASES: list[tuple[str, Callable[[Doc], None], str]] = [
     ("unknown argument", lambda d: d["network_def"].update(foo=1), "'network_def.foo'"),
     ("expression", lambda d: d["network_def"].update(bn_size="$4"), "'network_def.bn_size'"),
     ("no network", lambda d: d.pop("network_def"), "'network_def' missing"),
+    (
+        "block_config of a DenseNet121",
+        lambda d: d["network_def"].update(block_config=[2, 2]),
+        "'network_def.block_config' is fixed",
+    ),
+    (
+        "bad block_config",
+        lambda d: d["network_def"].update(
+            _target_="monai.networks.nets.DenseNet", block_config=[0]
+        ),
+        "'network_def.block_config' must be",
+    ),
 ]
 
 
@@ -259,3 +295,37 @@ def test_invalid_json_and_mismatched_weights(template: Path, tmp_path: Path) -> 
     torch.save(other.state_dict(), bad / WEIGHTS)
     with pytest.raises(BundleError, match=r"model\.pt: weights do not fit"):
         load_bundle(bad).build_network("cpu")
+
+
+def test_codes_and_small_densenet(template: Path, tmp_path: Path) -> None:
+    """A bundle's labels carry their curated codes; a codes table that agrees is accepted; the
+    generic DenseNet with a short block_config (small test models) loads and runs."""
+    bundle = load_bundle(template)
+    assert [c.value for c in bundle.codes] == ["46621007", "8186001", "60046008"]
+    good = tmp_path / "good"
+    shutil.copytree(template, good)
+    _edit(good / METADATA, lambda d: d["dicom_node"].update(codes=_codes()))
+    assert load_bundle(good).labels == TINY_LABELS
+    _edit(
+        good / INFERENCE,
+        lambda d: d["network_def"].update(
+            _target_="monai.networks.nets.DenseNet", block_config=[2, 2]
+        ),
+    )
+    net = instantiate_network(
+        "DenseNet",
+        {
+            "spatial_dims": 2,
+            "in_channels": 1,
+            "out_channels": 3,
+            "init_features": 8,
+            "growth_rate": 4,
+            "bn_size": 2,
+            "block_config": [2, 2],
+        },
+    )
+    torch.save(net.state_dict(), good / WEIGHTS)
+    small = load_bundle(good)
+    assert small.network_name == "DenseNet" and small.input_spec.size == 64
+    with torch.no_grad():
+        assert small.build_network("cpu")(torch.zeros(1, 1, 64, 64)).shape == (1, 3)

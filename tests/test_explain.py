@@ -12,7 +12,7 @@ import torch
 from monai.visualize.class_activation_maps import GradCAM
 
 from dicom_node.bundle import Bundle, instantiate_network, write_bundle
-from dicom_node.explain import gradcam, map_to_display, normalise
+from dicom_node.explain import _linear_head_weight, gradcam, map_to_display, normalise
 from dicom_node.infer import Classifier
 from dicom_node.preprocess import Letterbox, to_model_input
 
@@ -174,3 +174,22 @@ def test_map_to_display_places_a_peak() -> None:
     assert shown[:, :8].max() < 0.2
     with pytest.raises(ValueError, match="letterbox"):
         map_to_display(np.zeros((32, 32), np.float32), box, (128, 64))
+
+
+def test_fast_path_is_used_and_other_heads_fall_back_to_monai(classifier: Classifier) -> None:
+    """The DenseNet head takes the one-product path; a head with max pooling goes through MONAI
+    GradCAM class by class, and still equals MONAI GradCAM on the whole network."""
+    assert _linear_head_weight(classifier.network) is not None
+    net: Any = copy.deepcopy(classifier.network)
+    net.class_layers.pool = torch.nn.AdaptiveMaxPool2d(1)
+    clf = Classifier(classifier.bundle, CPU, network=net)
+    assert _linear_head_weight(net) is None
+    batch = _batch(2, seed=11)
+    ours = gradcam(clf, batch, [[0, 2], [2]])
+    reference = GradCAM(
+        nn_module=copy.deepcopy(net), target_layers="class_layers.relu", postprocessing=lambda x: x
+    )
+    for cls, rows in ((0, [0]), (2, [0, 1])):
+        expected = normalise(reference(batch, class_idx=cls)).detach().numpy()
+        for i in rows:
+            assert np.abs(ours[i][cls] - expected[i, 0]).max() < 1e-5

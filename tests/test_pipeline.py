@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from highdicom.sr import Comprehensive3DSR, MeasurementReport
 from pydicom import Dataset, dcmread
 from pydicom.uid import (
     JPEG2000Lossless,
@@ -19,9 +20,9 @@ from pydicom.uid import (
 )
 from sqlalchemy import select
 
-from dicom_node.db import AuditEvent, Instance, Job, Result, Skip
+from dicom_node.db import AuditEvent, Delivery, Instance, Job, Result, Skip
 from dicom_node.node import Node
-from tests.conftest import chest_image, write_study
+from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.dicom_validators import dciodvfy_errors
 from tests.peers import StoreSCP, storescu
 
@@ -105,6 +106,20 @@ VARIANTS: dict[str, tuple[dict[str, object], Prepare, str, str]] = {
     "jpeg-2000": ({}, _pydicom(JPEG2000Lossless), JPEG2000Lossless, "-xv"),
     "rle": ({}, _pydicom(RLELossless), RLELossless, "-xr"),
     "deflate": ({}, _deflate, "1.2.840.10008.1.2.1.99", "-xd"),
+    "8-bit": ({"bits_stored": 8}, _as_is, "1.2.840.10008.1.2.1", "-xe"),
+    "16-bit": ({"bits_stored": 16}, _as_is, "1.2.840.10008.1.2.1", "-xe"),
+    "monochrome1-cr-10-bit-rescaled": (
+        {
+            "modality": "CR",
+            "photometric": "MONOCHROME1",
+            "bits_stored": 10,
+            "rescale_intercept": -512,
+        },
+        _as_is,
+        "1.2.840.10008.1.2.1",
+        "-xe",
+    ),
+    "no-voi-window": ({"window": False}, _as_is, "1.2.840.10008.1.2.1", "-xe"),
 }
 
 
@@ -165,7 +180,9 @@ def test_each_input_variant_is_analysed_and_results_validate(
 def test_lateral_is_skipped_with_reason_and_frontal_analysed(
     node: Node, pacs: StoreSCP, tmp_path: Path
 ) -> None:
-    """PA + lateral: the PA is analysed, the lateral is recorded as skipped with its reason."""
+    """PA + lateral: the PA is analysed, the lateral is recorded as skipped with its reason; every
+    finding of the SR refers to the PA, the SR's evidence and text name the lateral, the one SC
+    derives from the PA, and SR and SC pass dciodvfy."""
     study_uid = str(generate_uid())
     pa = chest_image(study_uid=study_uid, findings=("Effusion",), seed=3)
     lateral = chest_image(study_uid=study_uid, findings=(), view_position="LL", seed=4)
@@ -186,13 +203,32 @@ def test_lateral_is_skipped_with_reason_and_frontal_analysed(
     assert "LL" in skip.reason and "not frontal" in skip.reason
     assert analysed == {str(pa.SOPInstanceUID)}
     assert [e.sop_instance_uid for e in skipped_events] == [lateral.SOPInstanceUID]
+    results = _results_of(pacs, study_uid, 2)
+    sr, sc = results["SR"], results["OT"]
+    report = Comprehensive3DSR.from_dataset(sr).content
+    assert isinstance(report, MeasurementReport)
+    groups = report.get_image_measurement_groups()
+    assert len(groups) == 14
+    assert {g.source_images[0].referenced_sop_instance_uid for g in groups} == {pa.SOPInstanceUID}
+    evidence = {
+        ref.ReferencedSOPInstanceUID
+        for item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in item.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    assert evidence == {pa.SOPInstanceUID, lateral.SOPInstanceUID}
+    assert lateral.SOPInstanceUID in str(sr.ContentSequence[-1].ContentSequence[-1].TextValue)
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == pa.SOPInstanceUID
+    for ds in (sr, sc):
+        assert dciodvfy_errors(ds, tmp_path) == []
 
 
 def test_study_without_eligible_image_is_skipped_and_still_reported(
     node: Node, pacs: StoreSCP, tmp_path: Path
 ) -> None:
-    """Only a non-chest image: the job is skipped with the reason and an SR saying so still
-    reaches the PACS (silence is never ambiguous); it passes dciodvfy."""
+    """Only a non-chest image: the job is skipped with the reason and an SR saying so (Normality
+    Undetermined, "Study not analysed") still reaches the PACS (silence is never ambiguous); it
+    passes dciodvfy."""
     study_uid = str(generate_uid())
     knee = chest_image(study_uid=study_uid, findings=(), body_part="KNEE")
     assert storescu(write_study(tmp_path, [knee]), port=node.port).returncode == 0
@@ -201,6 +237,10 @@ def test_study_without_eligible_image_is_skipped_and_still_reported(
     assert "body part KNEE is not chest" in (job.detail or "")
     sr = _results_of(pacs, study_uid, 1)["SR"]
     assert dciodvfy_errors(sr, tmp_path) == []
+    evaluations = sr.ContentSequence[-1]  # Qualitative Evaluations, last row of TID 1500
+    normality = evaluations.ContentSequence[0]
+    assert normality.ConceptCodeSequence[0].CodeMeaning == "Normality Undetermined"
+    assert "Study not analysed" in evaluations.ContentSequence[1].TextValue
 
 
 def test_audit_trail_shows_every_step_of_a_study(
@@ -237,3 +277,47 @@ def test_audit_trail_shows_every_step_of_a_study(
     assert all(e.model == model for e in events[2:])
     assert {e.called_ae for e in events if e.event_type == "result_sent"} == {"PACS"}
     assert all(e.job_id == job.id for e in events[1:])
+
+
+def test_each_destination_gets_the_objects_and_sc_findings_it_asks_for(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """Two destinations: a PACS with SR and one SC per finding above threshold
+    (`sc_findings = "per_finding"`), a viewer with only the "all" SC (`send_sr = false`). Each
+    receives exactly that; the SCs pass dciodvfy."""
+    with (
+        StoreSCP(tmp_path / "pacs", aet="PACS") as pacs,
+        StoreSCP(tmp_path / "viewer", aet="VIEWER") as viewer,
+    ):
+        pacs_destination = {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}
+        viewer_destination = {"ae_title": "VIEWER", "host": "127.0.0.1", "port": viewer.port}
+        settings = make_settings(
+            destinations=[
+                {**pacs_destination, "sc_findings": "per_finding"},
+                {**viewer_destination, "send_sr": False, "sc_findings": "all"},
+            ]
+        )
+        with Node(settings) as node:
+            study_uid = str(generate_uid())
+            image = chest_image(study_uid=study_uid, findings=("Cardiomegaly", "Effusion"), seed=3)
+            assert storescu(write_study(tmp_path / "in", [image]), port=node.port).returncode == 0
+            job = _wait_job(node, study_uid)
+            with node.sessions() as session:
+                present = session.scalars(
+                    select(Result.label).where(Result.job_id == job.id, Result.present)
+                ).all()
+                sent = session.scalars(
+                    select(Delivery.state).where(Delivery.job_id == job.id)
+                ).all()
+            assert present, "the demo model should find something on this phantom"
+            at_pacs = [dcmread(p) for p in pacs.wait_for(1 + len(present))]
+            at_viewer = [dcmread(p) for p in viewer.wait_for(1)]
+    assert set(sent) == {"sent"}
+    assert sorted(ds.Modality for ds in at_pacs) == ["OT"] * len(present) + ["SR"]
+    pacs_scs = [ds for ds in at_pacs if ds.Modality == "OT"]
+    assert {"per finding" in ds.SeriesDescription for ds in pacs_scs} == {True}
+    assert len({ds.SOPInstanceUID for ds in pacs_scs}) == len(present)
+    [viewer_sc] = at_viewer
+    assert viewer_sc.Modality == "OT" and "all findings" in viewer_sc.SeriesDescription
+    for ds in [*pacs_scs, viewer_sc]:
+        assert dciodvfy_errors(ds, tmp_path) == []

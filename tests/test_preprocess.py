@@ -12,11 +12,15 @@ from pydicom import Dataset
 from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from dicom_node.phantoms import make_phantom, phantom_dataset
+from dicom_node.phantom_dicom import phantom_dataset
+from dicom_node.phantoms import make_phantom
 from dicom_node.preprocess import (
+    InputSpec,
     PreprocessError,
     display_uint8,
     load_image_file,
+    prepare,
+    read_display,
     render_for_display,
     to_model_input,
 )
@@ -191,3 +195,21 @@ def test_load_image_file_reads_8_and_16_bit_png(tmp_path: Path, top: int) -> Non
     loaded = load_image_file(path)
     assert loaded.dtype == np.float32
     assert np.allclose(loaded, values.astype(np.float64) / top, atol=1e-6)
+
+
+def test_read_display_and_prepare_are_the_one_path(tmp_path: Path) -> None:
+    """read_display picks PNG or DICOM by suffix; prepare is to_model_input with a bundle's
+    spec; a file that is neither is a PreprocessError naming it."""
+    ds = _phantom_ds()
+    ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    shown = render_for_display(ds)
+    assert np.array_equal(read_display(tmp_path / "a.dcm"), shown)
+    Image.fromarray(np.rint(shown * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    assert np.abs(read_display(tmp_path / "a.png") - shown).max() <= 0.5 / 255 + 1e-6
+    spec = InputSpec(size=48, mean=0.4, std=0.2, channels=3)
+    x, box = prepare(shown, spec)
+    y, box2 = to_model_input(shown, size=48, mean=0.4, std=0.2, channels=3)
+    assert torch.equal(x, y) and box == box2
+    (tmp_path / "b.txt").write_text("not an image")
+    with pytest.raises(PreprocessError, match=r"b\.txt"):
+        read_display(tmp_path / "b.txt")

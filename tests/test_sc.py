@@ -11,14 +11,12 @@ from dicom_validators import chest_radiograph, dciodvfy_errors
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
+from structured_reports.overlay import BANNER_RGB, blend_heatmap, font_size
 from structured_reports.results import FindingResult, ImageResult, ModelIdentity
 from structured_reports.sc import (
-    BANNER_RGB,
     NO_FINDING_TEXT,
     annotation_lines,
-    blend_heatmap,
     build_gradcam_sc,
-    font_size,
     sc_instance_uid,
     sc_series_uid,
 )

@@ -50,6 +50,10 @@ def test_environment_wins_over_file(tmp_path: Path) -> None:
         ({"DICOM_NODE_AE_TITLE": "A-TITLE-FAR-TOO-LONG"}, "ae_title"),
         ({"DICOM_NODE_DEVICE": "tpu"}, "device"),
         ({"DICOM_NODE_DESTINATIONS": '[{"ae_title":"PACS","host":"h"}]'}, "destinations.0.port"),
+        (
+            {"DICOM_NODE_DESTINATIONS": '[{"ae_title":"P","host":"h","port":1,"sc_findings":"x"}]'},
+            "destinations.0.sc_findings",
+        ),
         ({"DICOM_NODE_DESTINATIONS": "not json"}, "DICOM_NODE_DESTINATIONS"),
         ({"DICOM_NODE_QUIET_SECONDS": "-1"}, "quiet_seconds"),
         ({"DICOM_NODE_NO_SUCH_KEY": "1"}, "DICOM_NODE_NO_SUCH_KEY"),
