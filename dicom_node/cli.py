@@ -1,4 +1,4 @@
-"""The `dicom-node` command: serve, work, echo, send, retry, reprocess, demo, train, audit."""
+"""The `dicom-node` command: serve, work, echo, send, retry, reprocess, demo, train, evaluate, audit."""
 
 from __future__ import annotations
 
