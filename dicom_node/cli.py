@@ -1,4 +1,5 @@
-"""The `dicom-node` command: serve, work, echo, send, retry, reprocess, demo, train, evaluate, audit."""
+"""The `dicom-node` command: serve, work, echo, send, retry, reprocess, demo, train, evaluate,
+audit."""
 
 from __future__ import annotations
 
