@@ -1,12 +1,16 @@
-"""The node's error tree; each error knows the DIMSE status or job outcome it maps to.
+"""The node's error tree; each error knows the DIMSE status or outcome it maps to.
 
 NodeError
 ├── ConfigError            invalid settings; names the key                 (start-up refused)
 ├── StoreError             a C-STORE the node cannot accept                (DIMSE status)
 │   ├── OutOfResources     disk or database failure: 0xA700, sender retries
 │   └── CannotUnderstand   unreadable dataset or invalid UIDs: 0xC2xx
-├── NotAnalysable          an image the model must not read                (image skipped, reason)
-└── DeliveryError          a destination refused or could not be reached   (delivery failed)
+└── AuditChainError        the audit chain cannot be extended or verified  (audit_chain.py)
+
+Elsewhere, as ValueError subclasses: BundleError (bundle.py, an invalid model bundle: start-up
+refused) and PreprocessError (preprocess.py, pixels the model cannot read: the image is skipped).
+Images the model must not read (selection.py) and results a destination refused (deliveries.py)
+are outcomes recorded with their reason, not exceptions.
 """
 
 from __future__ import annotations
@@ -47,14 +51,5 @@ class CannotUnderstand(StoreError):
     status = 0xC210
 
 
-UNREADABLE_DATASET = 0xC210
 INVALID_UID = 0xC221
 UID_MISMATCH = 0xC222
-
-
-class NotAnalysable(NodeError):
-    """An image the model must not read (not a frontal chest CR/DX, unsupported pixels)."""
-
-
-class DeliveryError(NodeError):
-    """A result could not be delivered to a destination."""
