@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from pydicom.uid import DigitalXRayImageStorageForPresentation
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,9 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node import audit_chain, audit_export
 from dicom_node.audit import AuditRecord
 from dicom_node.audit_participants import MessageContext
-from dicom_node.bundle import instantiate_network, write_bundle
 from dicom_node.db import AuditEvent, Job
 from dicom_node.node import Node
+from dicom_node.testing import tiny_bundle as make_tiny_bundle
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.peers import StoreSCP, echoscu, storescu
 from tests.test_audit_chain import events, run_cli, write_config
@@ -95,34 +94,7 @@ def objects(message: ET.Element) -> dict[str, ET.Element]:
 
 def tiny_bundle(path: Path) -> Path:
     """A valid MONAI bundle of a very small DenseNet121 with random weights (fast on CPU)."""
-    torch.manual_seed(0)
-    labels = ("Atelectasis", "Cardiomegaly", "Effusion")
-    kwargs = {
-        "spatial_dims": 2,
-        "in_channels": 1,
-        "out_channels": len(labels),
-        "init_features": 8,
-        "growth_rate": 4,
-        "bn_size": 2,
-    }
-    net = instantiate_network("DenseNet121", kwargs)
-    section = {
-        "labels": list(labels),
-        "thresholds": dict.fromkeys(labels, 0.5),
-        "input_size": 64,
-        "in_channels": 1,
-        "intensity": {"mean": 0.5, "std": 0.25},
-        "synthetic_demo": True,
-        "training_data": "none (random weights)",
-    }
-    write_bundle(
-        path,
-        metadata={"name": "tiny", "version": "0.0.1", "description": "test", "dicom_node": section},
-        network_def={"_target_": "monai.networks.nets.DenseNet121", **kwargs},
-        state_dict=net.state_dict(),
-        license_text="test only\n",
-    )
-    return path
+    return make_tiny_bundle(path).path
 
 
 def wait_for(predicate: Any, timeout: float = 60.0) -> None:

@@ -23,50 +23,21 @@ from dicom_node.bundle import (
     code_entry,
     instantiate_network,
     load_bundle,
-    write_bundle,
 )
 from dicom_node.infer import Classifier
 from dicom_node.phantom_dicom import phantom_dataset
 from dicom_node.phantoms import LABELS, make_phantom
 from dicom_node.preprocess import render_for_display, to_model_input
+from dicom_node.testing import TINY_LABELS
+from dicom_node.testing import tiny_bundle as make_tiny_bundle
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "cxr14-densenet121-demo"
-TINY_LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")
 Doc = dict[str, Any]
 
 
 def tiny_bundle(path: Path) -> Bundle:
-    """A valid bundle of a very small DenseNet121 (8 initial features, growth 4), random weights."""
-    torch.manual_seed(0)
-    network_def = {
-        "_target_": "monai.networks.nets.DenseNet121",
-        "spatial_dims": 2,
-        "in_channels": 1,
-        "out_channels": len(TINY_LABELS),
-        "init_features": 8,
-        "growth_rate": 4,
-        "bn_size": 2,
-    }
-    net = instantiate_network(
-        "DenseNet121", {k: v for k, v in network_def.items() if k != "_target_"}
-    )
-    section = {
-        "labels": list(TINY_LABELS),
-        "thresholds": dict.fromkeys(TINY_LABELS, 0.5),
-        "input_size": 64,
-        "in_channels": 1,
-        "intensity": {"mean": 0.5, "std": 0.25},
-        "synthetic_demo": True,
-        "training_data": "none (random weights)",
-    }
-    metadata = {"name": "tiny", "version": "0.0.1", "description": "test", "dicom_node": section}
-    return write_bundle(
-        path,
-        metadata=metadata,
-        network_def=network_def,
-        state_dict=net.state_dict(),
-        license_text="test only\n",
-    )
+    """The shared tiny bundle (dicom_node.testing)."""
+    return make_tiny_bundle(path, labels=TINY_LABELS)
 
 
 @pytest.fixture(scope="module")

@@ -9,45 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_node.bundle import Bundle, instantiate_network, write_bundle
+from dicom_node.bundle import Bundle
 from dicom_node.infer import Classifier, resolve_device
+from dicom_node.testing import TINY_LABELS
+from dicom_node.testing import tiny_bundle as make_tiny_bundle
 
-LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")
+LABELS = TINY_LABELS
 SIZE = 64
 
 
 def tiny_bundle(path: Path, *, size: int = SIZE) -> Bundle:
-    """A valid bundle of a very small DenseNet121 (8 initial features, growth 4), random weights."""
-    torch.manual_seed(0)
-    network_def = {
-        "_target_": "monai.networks.nets.DenseNet121",
-        "spatial_dims": 2,
-        "in_channels": 1,
-        "out_channels": len(LABELS),
-        "init_features": 8,
-        "growth_rate": 4,
-        "bn_size": 2,
-    }
-    net = instantiate_network(
-        "DenseNet121", {k: v for k, v in network_def.items() if k != "_target_"}
-    )
-    section = {
-        "labels": list(LABELS),
-        "thresholds": dict.fromkeys(LABELS, 0.5),
-        "input_size": size,
-        "in_channels": 1,
-        "intensity": {"mean": 0.5, "std": 0.25},
-        "synthetic_demo": True,
-        "training_data": "none (random weights)",
-    }
-    metadata = {"name": "tiny", "version": "0.0.1", "dicom_node": section}
-    return write_bundle(
-        path,
-        metadata=metadata,
-        network_def=network_def,
-        state_dict=net.state_dict(),
-        license_text="test only\n",
-    )
+    """The shared tiny bundle (dicom_node.testing) at this module's input size."""
+    return make_tiny_bundle(path, labels=LABELS, input_size=size)
 
 
 @pytest.fixture(scope="module")
