@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.events import Event as PynetdicomEvent
 from sqlalchemy import select
 
-from dicom_node.db import AuditEvent, Job, Result, Skip
+from dicom_node.db import AuditEvent, Result, Skip
+from dicom_node.jobs import wait_finished
 from dicom_node.node import Node
 from dicom_node.phantoms import make_phantom, phantom_dataset
 from dicom_node.send import DimseSender
@@ -104,23 +105,13 @@ def run_demo(workdir: Path, *, seed: int = 7, timeout: float = 180.0) -> int:
             )
             print(f"pushed {sum(o.ok for o in push)}/{len(study)} image(s) by C-STORE")
             started = time.monotonic()
-            job = _wait_for_job(node, timeout)
+            study_uid = str(dcmread(study[0], stop_before_pixels=True).StudyInstanceUID)
+            job = wait_finished(node.sessions, study_uid, timeout=timeout)
             print(f"job {job.id} {job.state} in {time.monotonic() - started:.1f} s: {job.detail}")
             _report(node, pacs, job.id)
             return 0 if job.state == "done" else 1
     finally:
         pacs.close()
-
-
-def _wait_for_job(node: Node, timeout: float) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with node.sessions() as session:
-            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
-            if job is not None and job.state in {"done", "skipped", "failed"}:
-                return job
-        time.sleep(0.2)
-    raise TimeoutError(f"no finished job within {timeout:.0f} s")
 
 
 def _report(node: Node, pacs: LocalPacs, job_id: int) -> None:

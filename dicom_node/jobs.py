@@ -4,6 +4,7 @@ because its worker died), renews the lease while it works, and records how it en
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select, update
@@ -117,3 +118,30 @@ def finish(session: Session, job_id: int, state: str, detail: str | None = None)
         .where(Job.id == job_id)
         .values(state=state, finished_at=utcnow(), lease_expires_at=None, detail=detail)
     )
+
+
+FINISHED = frozenset({"done", "skipped", "failed"})
+
+
+def wait_finished(
+    sessions: sessionmaker[Session],
+    study_instance_uid: str,
+    *,
+    after: int = 0,
+    timeout: float = 60.0,
+) -> Job:
+    """Wait until the newest job of the study with an id above `after` has finished; return it.
+
+    For the demo and the tests, which watch the node from outside. Raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            job = session.scalars(
+                select(Job)
+                .where(Job.study_instance_uid == study_instance_uid, Job.id > after)
+                .order_by(Job.id.desc())
+            ).first()
+        if job is not None and job.state in FINISHED:
+            return job
+        time.sleep(0.1)
+    raise TimeoutError(f"no finished job of the study within {timeout:.0f} s")

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from dicom_node.cli import main
-from dicom_node.db import AuditEvent, Job
+from dicom_node.db import AuditEvent, make_session_factory
+from dicom_node.jobs import wait_finished
 from tests.conftest import DEMO_BUNDLE, chest_image, write_study
 from tests.peers import StoreSCP, free_port, wait_for_port
 
@@ -38,23 +38,6 @@ def _start(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[byt
 def _stop(process: subprocess.Popen[bytes]) -> int:
     process.send_signal(signal.SIGTERM)
     return process.wait(timeout=60)
-
-
-def _wait_job(url: str, study_uid: str, timeout: float = 90.0) -> Job:
-    engine = create_engine(url)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            with Session(engine) as session:
-                job = session.scalars(
-                    select(Job).where(Job.study_instance_uid == study_uid)
-                ).first()
-                if job is not None and job.state in {"done", "skipped", "failed"}:
-                    return job
-            time.sleep(0.2)
-    finally:
-        engine.dispose()
-    raise TimeoutError("no finished job")
 
 
 def test_serve_and_separate_work_process_share_postgres(postgres_url: str, tmp_path: Path) -> None:
@@ -87,7 +70,9 @@ def test_serve_and_separate_work_process_share_postgres(postgres_url: str, tmp_p
             folder = tmp_path / "study"
             write_study(folder, [chest_image(study_uid=study_uid)])
             assert main(["send", "--port", str(port), "--aet", "DICOMNODE", str(folder)]) == 0
-            job = _wait_job(postgres_url, study_uid)
+            watcher = create_engine(postgres_url)
+            job = wait_finished(make_session_factory(watcher), study_uid, timeout=90)
+            watcher.dispose()
             received = [dcmread(p) for p in pacs.wait_for(2)]
         finally:
             codes = (_stop(serve), _stop(work))

@@ -17,8 +17,9 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from dicom_node.assemble import promote_ready_studies
-from dicom_node.db import AuditEvent, Job, Report
+from dicom_node.db import AuditEvent, Report
 from dicom_node.errors import NodeError
+from dicom_node.jobs import wait_finished
 from dicom_node.node import Node
 from dicom_node.reprocess import request_reprocess
 from tests.conftest import SettingsFactory, chest_image, write_study
@@ -26,22 +27,6 @@ from tests.dicom_validators import dciodvfy_errors
 from tests.peers import StoreSCP, storescu
 
 pytestmark = pytest.mark.integration
-
-
-def wait_job(node: Node, study_uid: str, after: int = 0, timeout: float = 60.0) -> Job:
-    """The first finished job of the study with an id above `after`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with node.sessions() as session:
-            job = session.scalars(
-                select(Job)
-                .where(Job.study_instance_uid == study_uid, Job.id > after)
-                .order_by(Job.id)
-            ).first()
-        if job is not None and job.state in {"done", "skipped", "failed"}:
-            return job
-        time.sleep(0.1)
-    raise TimeoutError(f"no finished job after {after} in {timeout} s")
 
 
 def received_since(pacs: StoreSCP, count: int, n: int, timeout: float = 30.0) -> list[Dataset]:
@@ -85,7 +70,7 @@ def test_reprocess_is_idempotent_and_a_changed_result_names_its_predecessor(
             assert (
                 storescu(write_study(tmp_path / "a", [first_image]), port=node.port).returncode == 0
             )
-            first_job = wait_job(node, study_uid)
+            first_job = wait_finished(node.sessions, study_uid)
             first_objects = received_since(pacs, 0, 2)
             first = sop_uids(first_objects)
 
@@ -96,18 +81,18 @@ def test_reprocess_is_idempotent_and_a_changed_result_names_its_predecessor(
             cli = reprocess_cli(env, study_uid)
             assert cli.returncode == 0, cli.stderr
             assert "queued" in cli.stdout
-            again_job = wait_job(node, study_uid, after=first_job.id)
+            again_job = wait_finished(node.sessions, study_uid, after=first_job.id)
             assert again_job.state == "done", again_job.detail
             assert sop_uids(received_since(pacs, 2, 2)) == first  # idempotent at the PACS
 
             late = chest_image(study_uid=study_uid, findings=("Cardiomegaly",), seed=5)
             assert storescu(write_study(tmp_path / "b", [late]), port=node.port).returncode == 0
-            changed_job = wait_job(node, study_uid, after=again_job.id)
+            changed_job = wait_finished(node.sessions, study_uid, after=again_job.id)
             changed = {str(ds.Modality): ds for ds in received_since(pacs, 4, 3)}
             changed_sr = changed["SR"]
 
             request_reprocess(node.sessions, study_uid)
-            last_job = wait_job(node, study_uid, after=changed_job.id)
+            last_job = wait_finished(node.sessions, study_uid, after=changed_job.id)
             repeated = {str(ds.Modality): ds for ds in received_since(pacs, 7, 3)}
 
             with node.sessions() as session:

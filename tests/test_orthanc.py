@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from dicom_node.db import AuditEvent, Job
+from dicom_node.jobs import wait_finished
 from dicom_node.node import Node
 from dicom_node.reprocess import request_reprocess
 from dicom_node.settings import load_settings
@@ -64,21 +65,6 @@ class Flow:
     events: list[AuditEvent]
 
 
-def _wait_until_finished(node: Node, study_uid: str, after: int = 0, timeout: float = 30) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with node.sessions() as session:
-            job = session.scalars(
-                select(Job)
-                .where(Job.study_instance_uid == study_uid, Job.id > after)
-                .order_by(Job.id)
-            ).first()
-        if job is not None and job.state in {"done", "skipped", "failed"}:
-            return job
-        time.sleep(0.1)
-    raise TimeoutError("job did not finish")
-
-
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
     """Upload a PA chest study to Orthanc, push it to the node by REST, wait for the results."""
@@ -113,7 +99,9 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
             send_study(orthanc.api, modality="DICOMNODE", study_instance_uid=study_uid)
             instances = wait_for_study_instances(orthanc.api, study_uid, 3, timeout=30)
             elapsed = time.monotonic() - started
-            _wait_until_finished(node, study_uid)  # results are recorded just after the C-STOREs
+            wait_finished(
+                node.sessions, study_uid, timeout=30
+            )  # results are recorded just after the C-STOREs
             with node.sessions() as session:
                 events = list(session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all())
             yield Flow(
@@ -193,7 +181,7 @@ def test_reprocessed_study_leaves_orthanc_with_the_same_instances(flow: Flow) ->
     with flow.node.sessions() as session:
         last = session.scalars(select(Job.id).order_by(Job.id.desc())).first() or 0
     job_id = request_reprocess(flow.node.sessions, flow.study_uid)
-    job = _wait_until_finished(flow.node, flow.study_uid, after=last)
+    job = wait_finished(flow.node.sessions, flow.study_uid, after=last, timeout=30)
     assert job.id == job_id and job.state == "done", job.detail
     with flow.node.sessions() as session:
         sent = session.scalars(

@@ -20,7 +20,8 @@ from pydicom.uid import (
 )
 from sqlalchemy import select
 
-from dicom_node.db import AuditEvent, Delivery, Instance, Job, Result, Skip
+from dicom_node.db import AuditEvent, Delivery, Instance, Result, Skip
+from dicom_node.jobs import wait_finished
 from dicom_node.node import Node
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.dicom_validators import dciodvfy_errors
@@ -123,19 +124,6 @@ VARIANTS: dict[str, tuple[dict[str, object], Prepare, str, str]] = {
 }
 
 
-def _wait_job(node: Node, study_uid: str, timeout: float = 60.0) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with node.sessions() as session:
-            job = session.scalars(
-                select(Job).where(Job.study_instance_uid == study_uid).order_by(Job.id.desc())
-            ).first()
-            if job is not None and job.state in {"done", "skipped", "failed"}:
-                return job
-        time.sleep(0.1)
-    raise TimeoutError(f"study not finished in {timeout} s")
-
-
 def _results_of(pacs: StoreSCP, study_uid: str, n: int) -> dict[str, Dataset]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -160,7 +148,7 @@ def test_each_input_variant_is_analysed_and_results_validate(
     assert str(dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
     sent = storescu([source], port=node.port, calling="MODALITY", extra_args=[proposal])
     assert sent.returncode == 0, sent.stderr
-    job = _wait_job(node, study_uid)
+    job = wait_finished(node.sessions, study_uid)
     assert job.state == "done", job.detail
     with node.sessions() as session:
         labels = session.scalars(select(Result.label).where(Result.job_id == job.id)).all()
@@ -187,7 +175,7 @@ def test_lateral_is_skipped_with_reason_and_frontal_analysed(
     pa = chest_image(study_uid=study_uid, findings=("Effusion",), seed=3)
     lateral = chest_image(study_uid=study_uid, findings=(), view_position="LL", seed=4)
     assert storescu(write_study(tmp_path, [pa, lateral]), port=node.port).returncode == 0
-    job = _wait_job(node, study_uid)
+    job = wait_finished(node.sessions, study_uid)
     assert job.state == "done"
     with node.sessions() as session:
         (skip,) = session.scalars(select(Skip).where(Skip.job_id == job.id)).all()
@@ -232,7 +220,7 @@ def test_study_without_eligible_image_is_skipped_and_still_reported(
     study_uid = str(generate_uid())
     knee = chest_image(study_uid=study_uid, findings=(), body_part="KNEE")
     assert storescu(write_study(tmp_path, [knee]), port=node.port).returncode == 0
-    job = _wait_job(node, study_uid)
+    job = wait_finished(node.sessions, study_uid)
     assert job.state == "skipped"
     assert "body part KNEE is not chest" in (job.detail or "")
     sr = _results_of(pacs, study_uid, 1)["SR"]
@@ -254,7 +242,7 @@ def test_audit_trail_shows_every_step_of_a_study(
         ).returncode
         == 0
     )
-    job = _wait_job(node, study_uid)
+    job = wait_finished(node.sessions, study_uid)
     _results_of(pacs, study_uid, 2)
     with node.sessions() as session:
         events = session.scalars(
@@ -301,7 +289,7 @@ def test_each_destination_gets_the_objects_and_sc_findings_it_asks_for(
             study_uid = str(generate_uid())
             image = chest_image(study_uid=study_uid, findings=("Cardiomegaly", "Effusion"), seed=3)
             assert storescu(write_study(tmp_path / "in", [image]), port=node.port).returncode == 0
-            job = _wait_job(node, study_uid)
+            job = wait_finished(node.sessions, study_uid)
             with node.sessions() as session:
                 present = session.scalars(
                     select(Result.label).where(Result.job_id == job.id, Result.present)
