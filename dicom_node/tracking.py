@@ -64,7 +64,10 @@ class MlflowTracker:
 
 
 def mlflow_available() -> bool:
-    return importlib.util.find_spec("mlflow") is not None
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except ValueError:  # an entry without a spec in sys.modules (None: import blocked)
+        return False
 
 
 def open_tracker(mode: Mode, *, experiment: str, run_name: str) -> Tracker:

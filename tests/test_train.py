@@ -7,6 +7,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,12 +145,12 @@ def test_mlflow_records_parameters_metrics_and_bundle(
 
 
 def test_mlflow_on_without_mlflow_is_a_clear_error(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--mlflow on without the extra installed stops with status 2 and the install hint."""
-    if importlib.util.find_spec("mlflow") is not None:
-        pytest.skip("mlflow is installed")
+    """--mlflow on where MLflow cannot be imported stops with status 2 and the install hint."""
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
     write_dicom_folder(tmp_path / "dcm", patients=2, per_patient=1, size=64)
     args = ["--data", str(tmp_path / "dcm"), "--out", str(tmp_path / "b"), "--mlflow", "on"]
     assert _run(*args, *TINY, *FAST) == 2
     assert "dicom-node[mlflow]" in caplog.text
+    assert not (tmp_path / "b").exists()
