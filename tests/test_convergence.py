@@ -10,49 +10,21 @@ import torch
 
 from dicom_node.bundle import load_bundle
 from dicom_node.evaluate import evaluate, localisation, predict_dataset
-from dicom_node.fit import FitConfig
 from dicom_node.infer import Classifier
-from dicom_node.preprocess import InputSpec
-from dicom_node.samples import PhantomDataset
-from dicom_node.trainer import TrainConfig, phantom_data, train
+from dicom_node.testing import held_out_phantoms, train_small_on_phantoms
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "cxr14-densenet121-demo"
-# Five findings with a well-defined place; the subtle ones (Nodule, Infiltration, Fibrosis) need
-# the demo's 18 minutes. A small DenseNet (two blocks: 8-pixel Grad-CAM cells at 96 px, against
-# DenseNet121's 32) keeps the run under a minute on two cores.
-LABELS = ("Cardiomegaly", "Effusion", "Mass", "Consolidation", "Pneumothorax")
-SPEC = InputSpec(size=96, mean=0.5, std=0.25)
-HELD_OUT_SEED = 424_242  # neither a training nor a validation seed
 
 
-@pytest.mark.timeout(900)  # about 45 s alone on two cores; far longer beside other work
+@pytest.mark.timeout(900)  # about a minute alone on two cores; far longer beside other work
 def test_training_on_phantoms_converges_and_localises(tmp_path: Path) -> None:
     """The training loop reaches a mean AUROC >= 0.9 on 200 held-out phantoms, and the Grad-CAM
     peak of >= 80% of the correctly detected findings is within the pointing-game tolerance
-    (15 px at 224 px) of the true box; >= 60% lie strictly inside it (about 72% measured)."""
-    data = phantom_data(
-        seed=0, n_train=1200, n_val=300, spec=SPEC, labels=LABELS, phantom_size=96, prevalence=0.25
-    )
-    config = TrainConfig(
-        name="phantom-convergence",
-        version="0.0.1",
-        labels=LABELS,
-        spec=SPEC,
-        fit=FitConfig(epochs=10, batch_size=32, lr=3e-3, seed=0, progress=False),
-        network="DenseNet",
-        network_kwargs={
-            "init_features": 16,
-            "growth_rate": 8,
-            "bn_size": 2,
-            "block_config": [4, 6],
-        },
-        mlflow="off",
-    )
-    outcome = train(tmp_path / "bundle", data, config)
+    (15 px at 224 px) of the true box; >= 60% lie strictly inside it (72-74% measured: the
+    issue's 80% is not reached, see bench/RESULTS.md, Grad-CAM localisation)."""
+    outcome = train_small_on_phantoms(tmp_path / "bundle")
     classifier = Classifier(outcome.bundle, torch.device("cpu"))
-    held_out = PhantomDataset(
-        seed=HELD_OUT_SEED, n=200, spec=SPEC, phantom_size=96, prevalence=0.25, labels=LABELS
-    )
+    held_out = held_out_phantoms(outcome.bundle)
     report = evaluate(outcome.bundle, predict_dataset(classifier, held_out, description="held out"))
     assert report["mean_auroc"] >= 0.9, report
     loc = localisation(classifier, held_out, thresholds=outcome.bundle.thresholds)
@@ -67,9 +39,7 @@ def test_demo_bundle_on_fresh_phantoms() -> None:
     inside the box and 67% within the pointing tolerance; this guards against regressions."""
     bundle = load_bundle(DEMO)
     classifier = Classifier(bundle, torch.device("cpu"))
-    held_out = PhantomDataset(
-        seed=HELD_OUT_SEED, n=150, spec=bundle.input_spec, phantom_size=256, labels=bundle.labels
-    )
+    held_out = held_out_phantoms(bundle, n=150, phantom_size=256, prevalence=0.15)
     report = evaluate(bundle, predict_dataset(classifier, held_out, description="held out"))
     assert report["mean_auroc"] >= 0.9, report
     loc = localisation(classifier, held_out, thresholds=bundle.thresholds)
