@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID
 
@@ -130,6 +131,44 @@ def _apply_voi(values: npt.NDArray[Any], ds: Dataset) -> tuple[npt.NDArray[Any],
     return values, lo, hi
 
 
+def _first(value: Any) -> Any:
+    """The first of a multi-valued element, or the value itself."""
+    return value[0] if isinstance(value, MultiValue | list | tuple) else value
+
+
+def _linear_window(ds: Dataset) -> tuple[float, float] | None:
+    """The first window's (centre, width) where the common case holds: rescale (no Modality LUT
+    Sequence), no VOI LUT Sequence, a LINEAR window (PS3.3 C.11.2.1.2.1) of width above 1."""
+    if ds.get("ModalityLUTSequence") or _has_voi_lut(ds):
+        return None
+    if str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper() != "LINEAR":
+        return None
+    centre, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if centre in (None, "") or width in (None, ""):
+        return None
+    try:
+        c, w = float(_first(centre)), float(_first(width))
+    except (TypeError, ValueError, IndexError):
+        return None  # the general path reports it
+    return (c, w) if w > 1 else None
+
+
+def _render_linear(stored: npt.NDArray[Any], ds: Dataset, centre: float, width: float) -> Image32:
+    """Rescale and LINEAR window in one float32 pass, to [0, 1]: the general path's result
+    (pydicom's modality LUT and windowing in float64) without its five full-size passes."""
+    slope, intercept = 1.0, 0.0
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:  # as pydicom's modality LUT
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    # y = ((slope * x + intercept) - (c - 0.5)) / (w - 1) + 0.5, as a * x + b
+    a = np.float32(slope / (width - 1))
+    b = np.float32((intercept - (centre - 0.5)) / (width - 1) + 0.5)
+    image = stored.astype(np.float32)
+    image *= a
+    image += b
+    out: Image32 = np.clip(image, 0.0, 1.0, out=image)
+    return out
+
+
 def render_for_display(ds: Dataset) -> Image32:
     """The radiograph as a viewer shows it: HxW float32 in [0, 1], dense (bone) bright.
 
@@ -139,10 +178,13 @@ def render_for_display(ds: Dataset) -> Image32:
     undecodable pixel data.
     """
     _check_supported(ds)
-    values = apply_modality_lut(_decode(ds), ds)
-    shown, lo, hi = _apply_voi(values, ds)
-    image = (np.asarray(shown, np.float64) - lo) / max(hi - lo, 1e-12)
-    image = np.clip(image, 0.0, 1.0)
+    stored = _decode(ds)
+    window = _linear_window(ds)
+    if window is not None:
+        image = _render_linear(stored, ds, *window)
+    else:
+        shown, lo, hi = _apply_voi(apply_modality_lut(stored, ds), ds)
+        image = np.clip((np.asarray(shown, np.float64) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     inverse = str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
     if ds.PhotometricInterpretation == "MONOCHROME1" or inverse:
         image = 1.0 - image

@@ -12,6 +12,7 @@ from pydicom import Dataset
 from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
+from dicom_node import preprocess
 from dicom_node.phantom_dicom import phantom_dataset
 from dicom_node.phantoms import make_phantom
 from dicom_node.preprocess import (
@@ -76,6 +77,55 @@ def test_modality_lut_then_window_are_applied() -> None:
     # output values -1000, 0, 500, 1000; window [-500, 500] by PS3.3 C.11.2.1.2 (LINEAR)
     expected = np.clip((np.array([[-1000, 0], [500, 1000]]) + 500) / 1000, 0, 1)
     assert np.allclose(render_for_display(ds), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("bits", "signed", "attrs"),
+    [
+        (16, False, {"WindowCenter": "32768", "WindowWidth": "40000"}),
+        (
+            12,
+            False,
+            {
+                "RescaleSlope": "2",
+                "RescaleIntercept": "-1000",
+                "RescaleType": "US",
+                "WindowCenter": ["0.5", "100"],
+                "WindowWidth": ["1001", "50"],
+            },
+        ),
+        (
+            12,
+            True,
+            {
+                "RescaleSlope": "1",
+                "RescaleIntercept": "-1024",
+                "RescaleType": "HU",
+                "WindowCenter": "-600",
+                "WindowWidth": "1500",
+                "VOILUTFunction": "LINEAR",
+            },
+        ),
+        (14, False, {"RescaleSlope": "0.5", "WindowCenter": "8000", "WindowWidth": "2.5"}),
+    ],
+)
+def test_float32_window_path_equals_pydicom_float64(
+    bits: int, signed: bool, attrs: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-pass float32 rescale + LINEAR window gives what pydicom's float64 modality LUT
+    and windowing give (within 1e-5): unsigned, signed, rescaled, multi-valued windows, and a
+    slope without an intercept (which pydicom ignores, and so must we)."""
+    rng = np.random.default_rng(bits)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2**bits)
+    stored = rng.integers(lo, hi, (40, 30)).astype(np.int16 if signed else np.uint16)
+    ds = _raw_ds(stored, bits, **attrs)
+    assert preprocess._linear_window(ds) is not None  # the fast path applies
+    fast = render_for_display(ds)
+    monkeypatch.setattr(preprocess, "_linear_window", lambda _ds: None)  # the general path
+    general = render_for_display(ds)
+    assert fast.dtype == general.dtype == np.float32
+    assert np.abs(fast - general).max() < 1e-5
+    assert 0.0 < float(general.mean()) < 1.0  # the window shows something
 
 
 def test_voi_lut_sequence_is_applied() -> None:
