@@ -269,7 +269,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--input-size", type=int, default=224, help="model input side (px)")
-    parser.add_argument("--bundle", type=Path, help="a real bundle instead of random weights")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help="this bundle as it is (default: the demo weights at --input-size)",
+    )
     parser.add_argument("--max-batch", type=int, default=0, help="0: 32 on CPU, 256 on CUDA")
     parser.add_argument("--bits", type=int, default=14, help="BitsStored of the test image")
     parser.add_argument("--repeats", type=int, default=2)
