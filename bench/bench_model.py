@@ -25,6 +25,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from dicom_node.batching import BatchingClassifier, analyse_batch
 from dicom_node.bundle import Bundle, load_bundle, write_bundle
+from dicom_node.decode_pool import DecodePool, prepare_files
 from dicom_node.explain import map_to_display
 from dicom_node.infer import Classifier, resolve_device
 from dicom_node.phantom_dicom import phantom_dataset
@@ -262,6 +263,34 @@ def bench_end_to_end(
                 res.add(f"| {name} | {threads} | {per_s:.2f} | {costs.limiting(name)} |")
 
 
+def bench_decode_pool(res: Results, files: dict[str, Path], bundle: Bundle, *, n: int) -> None:
+    """Preprocessing of n files (decode, render, letterbox, SC copy) in the calling thread, as
+    with decode_processes = 0, against a pool of decoding processes (decode_processes = P)."""
+    counts = sorted({1, 2, os.cpu_count() or 1})
+    res.add(f"\n### Preprocessing {n} files: worker thread against a decode pool\n")
+    res.add(
+        "| transfer syntax | in the thread images/s | "
+        + " | ".join(f"{p} processes" for p in counts)
+        + " |"
+    )
+    res.add("|---|---:|" + "---:|" * len(counts))
+    spec = bundle.input_spec
+    for name in ("uncompressed", "JPEG-LS", "JPEG 2000"):
+        paths = [files[name]] * n
+        here = rate(lambda ps=paths: prepare_files(ps, spec, 1024), n, repeats=1)
+        cells = []
+        for processes in counts:
+            pool = DecodePool(processes)
+            try:
+                there = rate(
+                    lambda ps=paths, p=pool: prepare_files(ps, spec, 1024, p), n, repeats=1
+                )
+            finally:
+                pool.close()
+            cells.append(f"{there:.2f} ({there / here:.2f}x)")
+        res.add(f"| {name} | {here:.2f} | " + " | ".join(cells) + " |")
+
+
 # ---- main -------------------------------------------------------------------------------------
 
 
@@ -301,6 +330,7 @@ def main() -> None:
         model_ms = 1000 / stage * (torch.get_num_threads() if device.type == "cpu" else 1)
         costs = StageCosts(decode=decode_ms, preprocess=1000 / preprocess, model=model_ms)
         bench_end_to_end(res, clf, files, n=args.e2e_images, costs=costs)
+        bench_decode_pool(res, files, bundle, n=args.e2e_images)
     if args.markdown:
         args.markdown.write_text("\n".join(res.lines) + "\n")
 

@@ -15,6 +15,7 @@ from dicom_node.audit import Event
 from dicom_node.batching import BatchingClassifier
 from dicom_node.bundle import load_bundle
 from dicom_node.db import make_engine, make_session_factory, upgrade_schema
+from dicom_node.decode_pool import DecodePool
 from dicom_node.infer import Classifier, resolve_device
 from dicom_node.pipeline import Services
 from dicom_node.receive import Ingest, start_server
@@ -52,6 +53,7 @@ def build_services(
             max_wait_ms=settings.max_wait_ms,
         ),
         sender=sender or default_sender(settings),
+        decode_pool=DecodePool(settings.decode_processes) if settings.decode_processes else None,
     )
 
 
@@ -122,6 +124,8 @@ class Node:
             thread.join(timeout=60)
         if self.services is not None:
             self.services.batcher.close()
+            if self.services.decode_pool is not None:
+                self.services.decode_pool.close()
         with self.sessions.begin() as session:
             audit.record(session, Event.NODE_STOP, detail=self._describe())
         if self._forwarder is not None:

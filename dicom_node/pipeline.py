@@ -22,6 +22,7 @@ from dicom_node.audit import Event, Outcome
 from dicom_node.batching import BatchingClassifier
 from dicom_node.bundle import Bundle
 from dicom_node.db import Delivery, Instance, Result, Skip, utcnow
+from dicom_node.decode_pool import DecodePool, as_tensor, prepare_files
 from dicom_node.deliveries import deliver
 from dicom_node.domain import (
     FindingResult,
@@ -34,7 +35,7 @@ from dicom_node.domain import (
 )
 from dicom_node.explain import map_to_display
 from dicom_node.jobs import ClaimedJob
-from dicom_node.preprocess import PreprocessError, display_uint8, prepare, render_for_display
+from dicom_node.preprocess import PreprocessError
 from dicom_node.reports import predecessors, record_report
 from dicom_node.selection import skip_reason
 from dicom_node.send import Sender
@@ -72,6 +73,7 @@ class Services:
     bundle: Bundle
     sender: Sender
     batcher: BatchingClassifier
+    decode_pool: DecodePool | None = None  # None: decode in the worker thread
 
     @property
     def model_label(self) -> str:
@@ -84,7 +86,9 @@ def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:
     """Analyse one study and deliver its results; each stage is a plain function below."""
     sources = load_sources(ctx.sessions, job.study_instance_uid)
     eligible, skipped = select_images(sources, ctx.settings.require_view_position)
-    prepared, unreadable = prepare_images(eligible, ctx.bundle, ctx.settings.sc_max_side)
+    prepared, unreadable = prepare_images(
+        eligible, ctx.bundle, ctx.settings.sc_max_side, ctx.decode_pool
+    )
     images = analyse(ctx, prepared)
     study = StudyResult(
         study_instance_uid=job.study_instance_uid,
@@ -126,24 +130,23 @@ def select_images(
 
 
 def prepare_images(
-    sources: list[SourceImage], bundle: Bundle, max_side: int
+    sources: list[SourceImage], bundle: Bundle, max_side: int, pool: DecodePool | None = None
 ) -> tuple[list[PreparedImage], list[SkippedImage]]:
-    """Decode and render each image as a viewer would; unsupported pixels become skips."""
+    """Decode and render each image as a viewer would (in the decode pool when there is one);
+    unsupported pixels become skips."""
+    outcomes = prepare_files([s.path for s in sources], bundle.input_spec, max_side, pool)
     prepared: list[PreparedImage] = []
     skipped: list[SkippedImage] = []
-    for source in sources:
-        try:
-            image = render_for_display(dcmread(source.path))
-        except PreprocessError as exc:
-            skipped.append(SkippedImage(source=source.header, reason=f"pixel data: {exc}"))
+    for source, outcome in zip(sources, outcomes, strict=True):
+        if isinstance(outcome, PreprocessError):
+            skipped.append(SkippedImage(source=source.header, reason=f"pixel data: {outcome}"))
             continue
-        tensor, letterbox = prepare(image, bundle.input_spec)
         prepared.append(
             PreparedImage(
                 header=source.header,
-                display=display_uint8(image, max_side=max_side),
-                model_input=tensor,
-                letterbox=letterbox,
+                display=outcome.display,
+                model_input=as_tensor(outcome),
+                letterbox=outcome.letterbox,
             )
         )
     return prepared, skipped

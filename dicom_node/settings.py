@@ -64,6 +64,7 @@ class Settings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch: int = Field(default=32, ge=1, le=1024)
     max_wait_ms: float = Field(default=10.0, ge=0, le=10_000)
+    decode_processes: int = Field(default=0, ge=0, le=256)
     quiet_seconds: float = Field(default=3.0, ge=0)
     workers: int = Field(default=1, ge=0, le=64)
     poll_seconds: float = Field(default=0.5, gt=0)

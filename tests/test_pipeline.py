@@ -40,7 +40,8 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, pacs: StoreSCP) -> Iterator[Node]:
-    """One node with the demo model for the module (the model loads once)."""
+    """One node with the demo model for the module (the model loads once). It decodes in a pool
+    of two processes; the other integration tests decode in the worker thread."""
     from dicom_node.settings import load_settings
     from tests.conftest import DEMO_BUNDLE
 
@@ -55,6 +56,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, pacs: StoreSCP) -> Iterator[N
             "device": "cpu",
             "quiet_seconds": 0.5,
             "poll_seconds": 0.1,
+            "decode_processes": 2,
             "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
         },
     )
@@ -209,6 +211,30 @@ def test_lateral_is_skipped_with_reason_and_frontal_analysed(
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == pa.SOPInstanceUID
     for ds in (sr, sc):
         assert dciodvfy_errors(ds, tmp_path) == []
+
+
+def test_undecodable_pixels_are_skipped_with_reason_and_the_rest_analysed(
+    node: Node, pacs: StoreSCP, tmp_path: Path
+) -> None:
+    """A PA whose Pixel Data is cut short, beside a good PA: the decode pool reports it, the job
+    records it as skipped with the decoder's reason, and the good PA is analysed and reported."""
+    study_uid = str(generate_uid())
+    good = chest_image(study_uid=study_uid, seed=5)
+    broken = chest_image(study_uid=study_uid, seed=6)
+    broken.PixelData = broken.PixelData[:4096]
+    assert storescu(write_study(tmp_path, [good, broken]), port=node.port).returncode == 0
+    job = wait_finished(node.sessions, study_uid)
+    assert job.state == "done"
+    with node.sessions() as session:
+        (skip,) = session.scalars(select(Skip).where(Skip.job_id == job.id)).all()
+        analysed = set(
+            session.scalars(select(Result.sop_instance_uid).where(Result.job_id == job.id))
+        )
+    assert skip.sop_instance_uid == broken.SOPInstanceUID
+    assert skip.reason.startswith("pixel data: cannot decode Pixel Data")
+    assert analysed == {str(good.SOPInstanceUID)}
+    sr = _results_of(pacs, study_uid, 1)["SR"]
+    assert broken.SOPInstanceUID in str(sr.ContentSequence[-1].ContentSequence[-1].TextValue)
 
 
 def test_study_without_eligible_image_is_skipped_and_still_reported(
