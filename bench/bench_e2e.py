@@ -26,9 +26,7 @@ from pynetdicom import AE
 from dicom_node.demo import LocalPacs
 from dicom_node.node import Node
 from dicom_node.phantoms import make_phantom, phantom_dataset
-from dicom_node.settings import load_settings
-
-REPO = Path(__file__).resolve().parents[1]
+from dicom_node.testing import node_settings
 
 
 def radiograph(size: tuple[int, int], syntax: str) -> Dataset:
@@ -66,19 +64,13 @@ def run(studies: int, size: tuple[int, int], quiet: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         pacs = LocalPacs(root / "pacs")
-        settings = load_settings(
-            environ={},
-            overrides={
-                "port": 0,
-                "database_url": f"sqlite:///{root / 'node.db'}",
-                "spool_dir": root / "spool",
-                "model_bundle": REPO / "models" / "cxr14-densenet121-demo",
-                "quiet_seconds": quiet,
-                "poll_seconds": 0.05,
-                "destinations": [
-                    {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port}
-                ],
-            },
+        destination = {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port}
+        settings = node_settings(
+            root,
+            device="auto",  # the GPU where there is one
+            quiet_seconds=quiet,
+            poll_seconds=0.05,
+            destinations=[destination],
         )
         with Node(settings) as node:
             print(f"{size[0]}x{size[1]} DX, {studies} one-image studies per syntax")

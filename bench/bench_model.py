@@ -31,6 +31,7 @@ from dicom_node.infer import Classifier, resolve_device
 from dicom_node.phantom_dicom import phantom_dataset
 from dicom_node.phantoms import LABELS, make_phantom
 from dicom_node.preprocess import display_uint8, prepare, render_for_display
+from dicom_node.testing import DEMO_BUNDLE
 
 SHAPE = (2500, 2048)  # rows, columns of a typical 43 cm detector image
 COMPRESSED = (("RLE", RLELossless), ("JPEG-LS", JPEGLSLossless), ("JPEG 2000", JPEG2000Lossless))
@@ -130,13 +131,10 @@ def bench_preprocessing(res: Results, raw: Path, bundle: Bundle, repeats: int) -
 # ---- the model --------------------------------------------------------------------------------
 
 
-DEMO = Path(__file__).resolve().parents[1] / "models" / "cxr14-densenet121-demo"
-
-
 def bench_bundle(folder: Path, size: int) -> Bundle:
     """The demo's DenseNet121 weights (14 labels) served at `size` px: trained weights keep the
     activations realistic (random ones underflow to denormals, which are slow on a CPU)."""
-    demo = load_bundle(DEMO)
+    demo = load_bundle(DEMO_BUNDLE)
     state = torch.load(demo.weights_path, map_location="cpu", weights_only=True)
     section = {
         "labels": list(demo.labels),

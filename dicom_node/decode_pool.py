@@ -127,7 +127,3 @@ def prepare_files(
     if pool is not None:
         return pool.prepare(paths, spec, max_side)
     return [_outcome(path, spec, max_side) for path in paths]
-
-
-def as_tensor(pixels: PreparedPixels) -> torch.Tensor:
-    return torch.from_numpy(pixels.model_input)

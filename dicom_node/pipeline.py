@@ -22,7 +22,7 @@ from dicom_node.audit import Event, Outcome
 from dicom_node.batching import BatchingClassifier
 from dicom_node.bundle import Bundle
 from dicom_node.db import Delivery, Instance, Result, Skip, utcnow
-from dicom_node.decode_pool import DecodePool, as_tensor, prepare_files
+from dicom_node.decode_pool import DecodePool, prepare_files
 from dicom_node.deliveries import deliver
 from dicom_node.domain import (
     FindingResult,
@@ -145,7 +145,7 @@ def prepare_images(
             PreparedImage(
                 header=source.header,
                 display=outcome.display,
-                model_input=as_tensor(outcome),
+                model_input=torch.from_numpy(outcome.model_input),
                 letterbox=outcome.letterbox,
             )
         )

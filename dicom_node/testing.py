@@ -1,10 +1,12 @@
-"""Factories shared by the tests and benchmarks: a tiny but valid model bundle, and a small
-DenseNet trained on phantoms (the convergence and localisation recipe)."""
+"""Factories shared by the tests and benchmarks: settings for a node kept in one folder, a tiny
+but valid model bundle, and a small DenseNet trained on phantoms (the convergence and
+localisation recipe)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,9 +14,28 @@ from dicom_node.bundle import Bundle, instantiate_network, write_bundle
 from dicom_node.fit import FitConfig
 from dicom_node.preprocess import InputSpec
 from dicom_node.samples import PhantomDataset
+from dicom_node.settings import Settings, load_settings
 from dicom_node.trainer import TrainConfig, TrainOutcome, phantom_data, train
 
+DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "cxr14-densenet121-demo"
 TINY_LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")
+
+
+def node_settings(root: Path, **overrides: Any) -> Settings:
+    """Settings of a node kept in `root` (SQLite file, spool) on a free loopback port, with the
+    demo model on the CPU and short waits; `overrides` replace any of them."""
+    values: dict[str, Any] = {
+        "port": 0,
+        "database_url": f"sqlite:///{root / 'node.db'}",
+        "spool_dir": root / "spool",
+        "model_bundle": DEMO_BUNDLE,
+        "device": "cpu",
+        "quiet_seconds": 0.5,
+        "poll_seconds": 0.1,
+        "send_backoff_seconds": 0.05,
+    }
+    values.update(overrides)
+    return load_settings(environ={}, overrides=values)
 
 
 def tiny_bundle(

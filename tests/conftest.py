@@ -12,13 +12,11 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from dicom_node.settings import Settings, load_settings
+from dicom_node.settings import Settings
+from dicom_node.testing import node_settings
 
 if TYPE_CHECKING:
     from dicom_node.node import Node
-
-REPO = Path(__file__).resolve().parents[1]
-DEMO_BUNDLE = REPO / "models" / "cxr14-densenet121-demo"
 
 SettingsFactory = Callable[..., Settings]
 
@@ -28,18 +26,7 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
     """Settings on a temporary SQLite file and spool, a free port, short quiet period."""
 
     def factory(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "port": 0,
-            "database_url": f"sqlite:///{tmp_path / 'node.db'}",
-            "spool_dir": tmp_path / "spool",
-            "model_bundle": DEMO_BUNDLE,
-            "device": "cpu",
-            "quiet_seconds": 0.5,
-            "poll_seconds": 0.1,
-            "send_backoff_seconds": 0.05,
-        }
-        values.update(overrides)
-        return load_settings(environ={}, overrides=values)
+        return node_settings(tmp_path, **overrides)
 
     return factory
 

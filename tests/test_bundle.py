@@ -28,10 +28,9 @@ from dicom_node.infer import Classifier
 from dicom_node.phantom_dicom import phantom_dataset
 from dicom_node.phantoms import LABELS, make_phantom
 from dicom_node.preprocess import render_for_display, to_model_input
-from dicom_node.testing import TINY_LABELS
+from dicom_node.testing import DEMO_BUNDLE, TINY_LABELS
 from dicom_node.testing import tiny_bundle as make_tiny_bundle
 
-DEMO = Path(__file__).resolve().parents[1] / "models" / "cxr14-densenet121-demo"
 Doc = dict[str, Any]
 
 
@@ -52,8 +51,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_demo_bundle_loads_with_its_model_card() -> None:
     """The shipped demo bundle validates; its identity carries name, version, weights hash."""
-    bundle = load_bundle(DEMO)
-    digest = hashlib.sha256((DEMO / WEIGHTS).read_bytes()).hexdigest()
+    bundle = load_bundle(DEMO_BUNDLE)
+    digest = hashlib.sha256((DEMO_BUNDLE / WEIGHTS).read_bytes()).hexdigest()
     assert bundle.identity.name == "cxr14-densenet121-demo"
     assert bundle.identity.version == "0.1.0"
     assert bundle.identity.weights_sha256 == digest
@@ -61,13 +60,13 @@ def test_demo_bundle_loads_with_its_model_card() -> None:
     assert bundle.labels == LABELS and len(bundle.thresholds) == len(LABELS)
     assert all(0.0 < t < 1.0 for t in bundle.thresholds)
     assert bundle.in_channels == 1 and bundle.input_size >= 64
-    assert (DEMO / "LICENSE").is_file() and (DEMO / "README.md").is_file()
+    assert (DEMO_BUNDLE / "LICENSE").is_file() and (DEMO_BUNDLE / "README.md").is_file()
 
 
 def test_demo_bundle_files_are_small_and_documented() -> None:
     """Weights stay within 30 MB; metadata.json records synthetic training and its metrics."""
-    assert (DEMO / WEIGHTS).stat().st_size <= 30_000_000
-    meta = json.loads((DEMO / METADATA).read_text())
+    assert (DEMO_BUNDLE / WEIGHTS).stat().st_size <= 30_000_000
+    meta = json.loads((DEMO_BUNDLE / METADATA).read_text())
     section = meta["dicom_node"]
     assert "synthetic" in section["training_data"]
     assert section["validation_metrics"]["mean_auroc"] > 0.75
@@ -89,8 +88,8 @@ def test_demo_bundle_files_are_small_and_documented() -> None:
 def test_demo_model_sees_its_best_finding_through_the_dicom_path() -> None:
     """DICOM phantom -> display -> model input -> demo network: positives score above negatives
     for the label the bundle validated best (the inference path matches the training path)."""
-    bundle = load_bundle(DEMO)
-    aurocs = json.loads((DEMO / METADATA).read_text())["dicom_node"]["validation_metrics"]
+    bundle = load_bundle(DEMO_BUNDLE)
+    aurocs = json.loads((DEMO_BUNDLE / METADATA).read_text())["dicom_node"]["validation_metrics"]
     best = max(LABELS, key=lambda label: aurocs["labels"][label]["auroc"] or 0.0)
     clf = Classifier(bundle, torch.device("cpu"))
     rng = np.random.default_rng(11)

@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from dicom_node.cli import main
 from dicom_node.db import AuditEvent, make_session_factory
 from dicom_node.jobs import wait_finished
-from tests.conftest import DEMO_BUNDLE, chest_image, write_study
+from dicom_node.testing import DEMO_BUNDLE
+from tests.conftest import chest_image, write_study
 from tests.peers import StoreSCP, free_port, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]

@@ -11,9 +11,7 @@ import torch
 from dicom_node.bundle import load_bundle
 from dicom_node.evaluate import evaluate, localisation, predict_dataset
 from dicom_node.infer import Classifier
-from dicom_node.testing import held_out_phantoms, train_small_on_phantoms
-
-DEMO = Path(__file__).resolve().parents[1] / "models" / "cxr14-densenet121-demo"
+from dicom_node.testing import DEMO_BUNDLE, held_out_phantoms, train_small_on_phantoms
 
 
 @pytest.mark.timeout(900)  # about a minute alone on two cores; far longer beside other work
@@ -37,7 +35,7 @@ def test_demo_bundle_on_fresh_phantoms() -> None:
     """The demo bundle (DenseNet121, 128 px) keeps a mean AUROC >= 0.9 on 150 phantoms from a
     seed it never saw. Its Grad-CAM is coarse (4x4 cells): about 42% of detected findings peak
     inside the box and 67% within the pointing tolerance; this guards against regressions."""
-    bundle = load_bundle(DEMO)
+    bundle = load_bundle(DEMO_BUNDLE)
     classifier = Classifier(bundle, torch.device("cpu"))
     held_out = held_out_phantoms(bundle, n=150, phantom_size=256, prevalence=0.15)
     report = evaluate(bundle, predict_dataset(classifier, held_out, description="held out"))

@@ -23,9 +23,9 @@ from dicom_node.db import AuditEvent, Job
 from dicom_node.jobs import wait_finished
 from dicom_node.node import Node
 from dicom_node.reprocess import request_reprocess
-from dicom_node.settings import load_settings
+from dicom_node.testing import node_settings
 from structured_reports.overlay import overlay_layout
-from tests.conftest import DEMO_BUNDLE, chest_image, write_study
+from tests.conftest import chest_image, write_study
 from tests.peers import (
     OrthancServer,
     StoredInstance,
@@ -73,21 +73,9 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
     with OrthancServer(
         modalities={"DICOMNODE": ("DICOMNODE", "127.0.0.1", node_port)}, graceful_stop=False
     ) as orthanc:
-        settings = load_settings(
-            environ={},
-            overrides={
-                "port": node_port,
-                "allowed_calling_aets": ["ORTHANC"],
-                "database_url": f"sqlite:///{root / 'node.db'}",
-                "spool_dir": root / "spool",
-                "model_bundle": DEMO_BUNDLE,
-                "device": "cpu",
-                "quiet_seconds": 0.5,
-                "poll_seconds": 0.1,
-                "destinations": [
-                    {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
-                ],
-            },
+        destination = {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        settings = node_settings(
+            root, port=node_port, allowed_calling_aets=["ORTHANC"], destinations=[destination]
         )
         with Node(settings) as node:
             study_uid = str(generate_uid())

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from dicom_node.db import AuditEvent, Delivery, Instance, Result, Skip
 from dicom_node.jobs import wait_finished
 from dicom_node.node import Node
+from dicom_node.testing import node_settings
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.dicom_validators import dciodvfy_errors
 from tests.peers import StoreSCP, storescu
@@ -42,24 +43,9 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
 def node(tmp_path_factory: pytest.TempPathFactory, pacs: StoreSCP) -> Iterator[Node]:
     """One node with the demo model for the module (the model loads once). It decodes in a pool
     of two processes; the other integration tests decode in the worker thread."""
-    from dicom_node.settings import load_settings
-    from tests.conftest import DEMO_BUNDLE
-
     root = tmp_path_factory.mktemp("node")
-    settings = load_settings(
-        environ={},
-        overrides={
-            "port": 0,
-            "database_url": f"sqlite:///{root / 'node.db'}",
-            "spool_dir": root / "spool",
-            "model_bundle": DEMO_BUNDLE,
-            "device": "cpu",
-            "quiet_seconds": 0.5,
-            "poll_seconds": 0.1,
-            "decode_processes": 2,
-            "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
-        },
-    )
+    destination = {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}
+    settings = node_settings(root, decode_processes=2, destinations=[destination])
     with Node(settings) as running:
         yield running
 
@@ -137,6 +123,16 @@ def _results_of(pacs: StoreSCP, study_uid: str, n: int) -> dict[str, Dataset]:
     raise TimeoutError("results did not reach the PACS")
 
 
+def _skips_and_analysed(node: Node, job_id: int) -> tuple[list[Skip], set[str]]:
+    """The job's skipped-image rows and the SOP Instance UIDs it has results for."""
+    with node.sessions() as session:
+        skips = list(session.scalars(select(Skip).where(Skip.job_id == job_id)))
+        analysed = set(
+            session.scalars(select(Result.sop_instance_uid).where(Result.job_id == job_id))
+        )
+    return skips, analysed
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_each_input_variant_is_analysed_and_results_validate(
     variant: str, node: Node, pacs: StoreSCP, tmp_path: Path
@@ -179,11 +175,8 @@ def test_lateral_is_skipped_with_reason_and_frontal_analysed(
     assert storescu(write_study(tmp_path, [pa, lateral]), port=node.port).returncode == 0
     job = wait_finished(node.sessions, study_uid)
     assert job.state == "done"
+    (skip,), analysed = _skips_and_analysed(node, job.id)
     with node.sessions() as session:
-        (skip,) = session.scalars(select(Skip).where(Skip.job_id == job.id)).all()
-        analysed = set(
-            session.scalars(select(Result.sop_instance_uid).where(Result.job_id == job.id))
-        )
         skipped_events = session.scalars(
             select(AuditEvent).where(
                 AuditEvent.event_type == "image_skipped", AuditEvent.job_id == job.id
@@ -225,11 +218,7 @@ def test_undecodable_pixels_are_skipped_with_reason_and_the_rest_analysed(
     assert storescu(write_study(tmp_path, [good, broken]), port=node.port).returncode == 0
     job = wait_finished(node.sessions, study_uid)
     assert job.state == "done"
-    with node.sessions() as session:
-        (skip,) = session.scalars(select(Skip).where(Skip.job_id == job.id)).all()
-        analysed = set(
-            session.scalars(select(Result.sop_instance_uid).where(Result.job_id == job.id))
-        )
+    (skip,), analysed = _skips_and_analysed(node, job.id)
     assert skip.sop_instance_uid == broken.SOPInstanceUID
     assert skip.reason.startswith("pixel data: cannot decode Pixel Data")
     assert analysed == {str(good.SOPInstanceUID)}
