@@ -6,6 +6,7 @@ import copy
 import threading
 import weakref
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -129,7 +130,7 @@ def maps_from_features(
             cams = torch.relu(torch.einsum("ck,nkhw->nchw", weight.float(), acts))
             rows, cols = zip(*pairs, strict=True)
             raw = cams[list(rows), list(cols)][:, None]
-    maps = _upsampled(raw, size)
+    maps = upsample_maps(raw, size, cell_grid(classifier.network))
     for (i, c), m in zip(pairs, maps, strict=True):
         result[i][c] = m
     return result
@@ -166,13 +167,79 @@ def _gradcam_maps(
     return out
 
 
-def _upsampled(raw: torch.Tensor, size: int) -> list[Map]:
-    """(P, 1, h, w) maps bilinearly upsampled to (size, size), normalised, as float32 arrays."""
-    up = torch.nn.functional.interpolate(
-        raw.float(), size=(size, size), mode="bilinear", align_corners=False
-    )
-    maps: Map = normalise(up)[:, 0].cpu().numpy().astype(np.float32, copy=False)
+class CellGrid(NamedTuple):
+    """Where the final feature map's cells sit on the input: cell i's receptive field is centred
+    on input pixel stride * i + offset (pixel centres at integers)."""
+
+    stride: int
+    offset: float
+
+
+def cell_grid(network: torch.nn.Module) -> CellGrid | None:
+    """The cell grid of a network's `features` (convolutions and pools in order), or None.
+
+    A layer of kernel k, stride s and padding p centres output cell o on its input at
+    s * o + (k - 1) / 2 - p. For MONAI's DenseNets this puts the cells 1.5 input pixels up and
+    left of where a plain resize of the map would draw them (the stem's padding and the 2x2
+    average pools of the transitions), at every depth.
+    """
+    features = getattr(network, "features", None)
+    if not isinstance(features, torch.nn.Module):
+        return None
+    stride, offset = 1, 0.0
+    for layer in features.modules():
+        if isinstance(layer, torch.nn.Conv2d | torch.nn.MaxPool2d | torch.nn.AvgPool2d):
+            k, s, p = (
+                _first(getattr(layer, name)) for name in ("kernel_size", "stride", "padding")
+            )
+            offset += stride * ((k - 1) / 2 - p)
+            stride *= s
+    return CellGrid(stride, offset)
+
+
+def _first(value: int | tuple[int, ...] | str) -> int:
+    if isinstance(value, str):
+        raise TypeError(f"unsupported padding {value!r} in the feature extractor")
+    return int(value[0] if isinstance(value, tuple) else value)
+
+
+def upsample_maps(raw: torch.Tensor, size: int, grid: CellGrid | None) -> list[Map]:
+    """(P, 1, h, w) maps resampled to the (size, size) input, normalised, as float32 arrays.
+
+    Bicubic, so a peak between two cells lands between them instead of on the nearer cell's
+    centre (bilinear interpolation cannot place a maximum anywhere else); each cell is put at its
+    receptive field's centre when the grid is known. The negative undershoot of bicubic
+    interpolation is cut off (the CAM is a ReLU).
+    """
+    raw = raw.float()
+    if grid is None:
+        up = torch.nn.functional.interpolate(
+            raw, size=(size, size), mode="bicubic", align_corners=False
+        )
+    else:
+        up = torch.nn.functional.grid_sample(
+            raw,
+            _sampling_grid(raw.shape[-2:], size, grid, raw.device).expand(len(raw), -1, -1, -1),
+            mode="bicubic",
+            padding_mode="border",
+            align_corners=True,
+        )
+    maps: Map = normalise(up.clamp_min(0.0))[:, 0].cpu().numpy().astype(np.float32, copy=False)
     return list(maps)
+
+
+def _sampling_grid(
+    cells: torch.Size, size: int, grid: CellGrid, device: torch.device
+) -> torch.Tensor:
+    """grid_sample coordinates (1, size, size, 2) of every input pixel in a map of `cells`:
+    with align_corners=True, -1 and +1 are the centres of the first and last cells."""
+    pixel = torch.arange(size, dtype=torch.float32, device=device)
+    axes = []
+    for n in (cells[1], cells[0]):  # x first: grid_sample's last dimension is (x, y)
+        index = (pixel - grid.offset) / grid.stride  # fractional cell index of each pixel
+        axes.append(2.0 * index / max(n - 1, 1) - 1.0)
+    gx, gy = axes
+    return torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]
 
 
 def map_to_display(cam: Map, letterbox: Letterbox, display_shape: tuple[int, int]) -> Map:

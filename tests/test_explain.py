@@ -11,8 +11,15 @@ import pytest
 import torch
 from monai.visualize.class_activation_maps import GradCAM
 
-from dicom_node.bundle import Bundle
-from dicom_node.explain import _linear_head_weight, gradcam, map_to_display, normalise
+from dicom_node.bundle import Bundle, instantiate_network
+from dicom_node.explain import (
+    CellGrid,
+    _linear_head_weight,
+    cell_grid,
+    gradcam,
+    map_to_display,
+    upsample_maps,
+)
 from dicom_node.infer import Classifier
 from dicom_node.preprocess import Letterbox, to_model_input
 from dicom_node.testing import tiny_bundle as make_tiny_bundle
@@ -47,17 +54,26 @@ def test_maps_have_input_size_and_unit_range(classifier: Classifier) -> None:
     assert gradcam(classifier, _batch(2), [[], []]) == [{}, {}]
 
 
+def _monai_gradcam(net: torch.nn.Module, batch: torch.Tensor, cls: int) -> list[np.ndarray]:
+    """MONAI GradCAM through the whole network at class_layers.relu, its cell maps put on the
+    input by the same resampling as ours."""
+    reference = GradCAM(
+        nn_module=copy.deepcopy(net),
+        target_layers="class_layers.relu",
+        upsampler=lambda _: lambda cells: cells,
+        postprocessing=lambda x: x,
+    )
+    cells = reference(batch, class_idx=cls).detach()
+    return upsample_maps(cells, batch.shape[-1], cell_grid(net))
+
+
 def test_matches_monai_gradcam_on_the_whole_network(classifier: Classifier) -> None:
     """Explaining from the feature maps equals MONAI GradCAM run through the whole network."""
     batch = _batch(2, seed=3)
     ours = gradcam(classifier, batch, [[1], [1]])
-    net = copy.deepcopy(classifier.network)
-    reference = GradCAM(
-        nn_module=net, target_layers="class_layers.relu", postprocessing=lambda x: x
-    )
-    expected = normalise(reference(batch, class_idx=1)).detach().numpy()
+    expected = _monai_gradcam(classifier.network, batch, 1)
     for i in range(2):
-        assert np.abs(ours[i][1] - expected[i, 0]).max() < 1e-5
+        assert np.abs(ours[i][1] - expected[i]).max() < 1e-5
 
 
 def test_equals_the_class_activation_map(classifier: Classifier) -> None:
@@ -69,8 +85,7 @@ def test_equals_the_class_activation_map(classifier: Classifier) -> None:
         features = torch.relu(net.features(batch))
         weights = net.class_layers.out.weight[2]
         cam = torch.relu(torch.einsum("k,nkhw->nhw", weights, features))[:, None]
-        cam = torch.nn.functional.interpolate(cam, size=(SIZE, SIZE), mode="bilinear")
-    assert np.abs(ours - normalise(cam)[0, 0].numpy()).max() < 1e-5
+    assert np.abs(ours - upsample_maps(cam, SIZE, cell_grid(net))[0]).max() < 1e-5
 
 
 def test_peak_sits_on_a_synthetic_activation(classifier: Classifier) -> None:
@@ -91,6 +106,61 @@ def test_peak_sits_on_a_synthetic_activation(classifier: Classifier) -> None:
     assert maps[0].max() == pytest.approx(1.0)
     assert np.all(maps[1] == 0.0)
     assert np.abs(maps[2] - maps[0]).max() < 1e-6
+
+
+def _single_feature_classifier(classifier: Classifier, features: torch.nn.Module) -> Classifier:
+    """The tiny bundle with `features` (one channel out) and a head that weighs it +1."""
+    net: Any = copy.deepcopy(classifier.network)
+    net.features = features
+    net.class_layers.out = torch.nn.Linear(1, 3)
+    with torch.no_grad():
+        net.class_layers.out.weight.fill_(1.0)
+        net.class_layers.out.bias.zero_()
+    return Classifier(classifier.bundle, CPU, network=net)
+
+
+def test_peak_between_two_cells_lands_between_them(classifier: Classifier) -> None:
+    """A patch split evenly between two 8-pixel cells peaks on the border inside the patch, not
+    on either cell's centre (where a bilinear resize would put it, outside the patch)."""
+    clf = _single_feature_classifier(classifier, torch.nn.AvgPool2d(8))
+    image = torch.zeros(1, 1, SIZE, SIZE)
+    image[0, 0, 60:68, 36:44] = 1.0  # rows 60-67 straddle cells 7 (56-63) and 8 (64-71)
+    cam = gradcam(clf, image, [[0]])[0][0]
+    y, x = np.unravel_index(np.argmax(cam), cam.shape)
+    assert y in (63, 64) and 36 <= x < 44
+
+
+def test_cells_are_drawn_at_their_receptive_field_centres(classifier: Classifier) -> None:
+    """With a DenseNet's stem and one transition (7x7 conv stride 2, 3x3 max pool stride 2, 2x2
+    average pool), cell k sees input pixels 8k-2 ... 8k+6: one bright pixel at 8k+2 makes a
+    map that peaks on that very pixel (a plain resize of the map would draw it at 8k+3.5)."""
+    conv = torch.nn.Conv2d(1, 1, 7, stride=2, padding=3, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 3, 3] = 1.0  # passes its centre pixel through
+    stem = torch.nn.Sequential(conv, torch.nn.MaxPool2d(3, 2, 1), torch.nn.AvgPool2d(2, 2))
+    assert cell_grid(torch.nn.Sequential()) is None
+    clf = _single_feature_classifier(classifier, stem)
+    assert cell_grid(clf.network) == CellGrid(stride=8, offset=2.0)
+    image = torch.zeros(1, 1, SIZE, SIZE)
+    image[0, 0, 8 * 5 + 2, 8 * 3 + 2] = 1.0
+    cam = gradcam(clf, image, [[0]])[0][0]
+    assert np.unravel_index(np.argmax(cam), cam.shape) == (42, 26)
+
+
+def test_cell_grid_of_monai_densenets() -> None:
+    """DenseNet121 (three transitions) draws 32-pixel cells centred at 32k+14; the two-block
+    DenseNet of the convergence test 8-pixel cells at 8k+2: always 1.5 pixels up and left of a
+    plain resize."""
+    full = instantiate_network(
+        "DenseNet121", {"spatial_dims": 2, "in_channels": 1, "out_channels": 2}
+    )
+    small = instantiate_network(
+        "DenseNet",
+        {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "block_config": [4, 6]},
+    )
+    assert cell_grid(full) == CellGrid(stride=32, offset=14.0)
+    assert cell_grid(small) == CellGrid(stride=8, offset=2.0)
 
 
 def test_per_image_requests_match_single_image_runs(classifier: Classifier) -> None:
@@ -158,10 +228,7 @@ def test_fast_path_is_used_and_other_heads_fall_back_to_monai(classifier: Classi
     assert _linear_head_weight(net) is None
     batch = _batch(2, seed=11)
     ours = gradcam(clf, batch, [[0, 2], [2]])
-    reference = GradCAM(
-        nn_module=copy.deepcopy(net), target_layers="class_layers.relu", postprocessing=lambda x: x
-    )
     for cls, rows in ((0, [0]), (2, [0, 1])):
-        expected = normalise(reference(batch, class_idx=cls)).detach().numpy()
+        expected = _monai_gradcam(net, batch, cls)
         for i in rows:
-            assert np.abs(ours[i][cls] - expected[i, 0]).max() < 1e-5
+            assert np.abs(ours[i][cls] - expected[i]).max() < 1e-5
