@@ -46,6 +46,7 @@ LABELS: tuple[str, ...] = (
     "Hernia",
 )
 _SIDES = (-1, 1)  # -1: patient's right lung (image left on a PA view), +1: patient's left
+SOFT_TISSUE = 0.55  # density of the abdomen under the diaphragm, and of pleural fluid
 
 
 @dataclass
@@ -113,6 +114,11 @@ class _Canvas:
         level = a.dome[0 if side < 0 else 1]
         t = np.clip((self.u - centre) / (a.lung_half_width * 1.2), -1.0, 1.0)
         return (level - a.dome_depth * (1.0 - t**2)).astype(np.float32)
+
+    def abdomen(self) -> Array:
+        """1 below the hemidiaphragms (a wide edge: the domes are seen obliquely)."""
+        level = self.dome_v(-1) * (self.u < 0.5) + self.dome_v(1) * (self.u >= 0.5)
+        return self.soft(level - self.v, 3 * self.eps)
 
     def _lung(self, side: int) -> Array:
         a = self.anatomy
@@ -263,11 +269,11 @@ def _compose(c: _Canvas) -> Array:
     heart = c.ellipse(*_heart(a))
     mediastinum = c.soft(np.abs(c.u - 0.5) - 0.06) * c.soft(0.06 - c.v)
     knob = c.ellipse(0.555, 0.30, 0.035, 0.03)
-    abdomen = c.soft((c.dome_v(-1) * (c.u < 0.5) + c.dome_v(1) * (c.u >= 0.5)) - c.v, 3 * c.eps)
+    abdomen = c.abdomen()
     solid = np.clip(np.maximum.reduce([heart, mediastinum, knob]), 0.0, 1.0)
     img = 0.03 + 0.40 * body
     img = img + (a.lung_density - 0.43) * lungs * (1.0 - solid) * (1.0 - abdomen)
-    img = img + 0.17 * solid + 0.12 * abdomen * body
+    img = img + 0.17 * solid + (SOFT_TISSUE - 0.43) * abdomen * body
     if a.gastric_bubble:
         img -= 0.22 * c.ellipse(0.64, max(a.dome) + 0.05, 0.05, 0.03) * body
     img += 0.22 * _spine(c) + 0.10 * _ribs(c)
@@ -301,7 +307,13 @@ def _effusion(c: _Canvas) -> Box:
     lateral = np.clip(side * (c.u - 0.5) - 0.06, 0.0, None) / (2 * a.lung_half_width)
     meniscus = level - 0.10 * lateral**2
     fluid = c.soft(meniscus - c.v, 2 * c.eps) * c.lungs[side]
-    c.layer += 0.34 * fluid
+    # Pleural fluid has soft-tissue density: it fills the lung's air (not the heart shadow) up to
+    # the density of the abdomen below, hides the vessels, and the hemidiaphragm under it is no
+    # longer seen (silhouette sign). Painted on top of the lung, it made a band brighter than
+    # the liver where the soft dome edge and the fluid overlapped.
+    air = (1.0 - c.abdomen()) * (1.0 - c.ellipse(*_heart(a)))
+    c.layer += (SOFT_TISSUE - a.lung_density) * fluid * air
+    c.no_markings = np.maximum(c.no_markings, fluid)
     return c.box(fluid)
 
 

@@ -62,6 +62,20 @@ def test_findings_change_the_image_inside_their_box() -> None:
     assert with_mass.image[y0:y1, x0:x1].mean() > without.image[y0:y1, x0:x1].mean() + 0.08
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_effusion_has_the_density_of_the_abdomen(seed: int) -> None:
+    """Pleural fluid is as dense as the abdomen under it (silhouette sign: no brighter band at
+    the dome), and far denser than the aerated lung above its meniscus."""
+    phantom = make_phantom(np.random.default_rng(seed), findings=["Effusion"], size=(256, 256))
+    y0, x0, y1, x1 = phantom.findings["Effusion"]
+    columns = slice((x0 + x1) // 2 - 6, (x0 + x1) // 2 + 6)
+    fluid = phantom.image[y1 - 10 : y1 - 4, columns].mean()
+    abdomen = phantom.image[y1 + 8 : y1 + 16, columns].mean()
+    lung = phantom.image[y0 - 14 : y0 - 6, columns].mean()
+    assert abs(fluid - abdomen) < 0.06
+    assert fluid - lung > 0.2
+
+
 def test_phantoms_are_reproducible_and_varied() -> None:
     """The same seed gives the same phantom; another seed gives another."""
     a = make_phantom(np.random.default_rng(1), findings=["Nodule"], size=SIZE)
