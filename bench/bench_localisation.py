@@ -3,10 +3,10 @@ convergence test (dicom_node.testing) and prints, per finding, the held-out AURO
 correctly detected lesions, how often the Grad-CAM peak lies inside the true box ("strict") and
 within the pointing game's tolerance of it (15 px at 224 px, Zhang et al. 2018).
 
-    .venv/bin/python bench/bench_localisation.py [--labels all|A,B,...] [--epochs 10]
+    .venv/bin/python bench/bench_localisation.py [--labels all|A,B,...] [--epochs 15]
         [--n-train 1200] [--input-size 96] [--seed 0] [--bundle DIR]
 
-About a minute per run of the test's recipe on two cores. A figure, not a test: nothing is
+About half a minute per run of the test's recipe on two cores. A figure, not a test: nothing is
 asserted. --bundle scores an existing bundle instead of training one.
 """
 
@@ -30,7 +30,7 @@ from dicom_node.testing import CONVERGENCE_LABELS, held_out_phantoms, train_smal
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", default=",".join(CONVERGENCE_LABELS))
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--n-train", type=int, default=1200)
     parser.add_argument("--input-size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)

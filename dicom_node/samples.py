@@ -51,6 +51,39 @@ def augment(x: torch.Tensor, spec: InputSpec, aug: Augment) -> torch.Tensor:
     return (moved - spec.mean) / spec.std
 
 
+def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """An image (C, H, W) moved down by dy and right by dx whole pixels, its edges replicated."""
+    m = max(abs(dy), abs(dx))
+    if m == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x[None], (m, m, m, m), mode="replicate")[0]
+    return padded[:, m - dy : m - dy + h, m - dx : m - dx + w]
+
+
+class Shifted(Dataset[Sample]):
+    """A dataset whose images move by a fresh random whole-pixel offset, up to `max_pixels` each
+    way, on every read (torch's global generator), their edges replicated.
+
+    Phantoms barely move in the frame, and a network trained on them learns where things are
+    from the image border (zero padding gives convolutions absolute position): its Grad-CAM
+    peaks then drift off the lesions. Whole pixels, so nothing is resampled and a pneumothorax's
+    thin pleural line stays sharp (rotation and scaling blur it away at small input sizes).
+    """
+
+    def __init__(self, base: TensorDataset, max_pixels: int) -> None:
+        self.base = base
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> Sample:
+        x, y = self.base[index]
+        dy, dx = (int(v) for v in torch.randint(-self.max_pixels, self.max_pixels + 1, (2,)))
+        return shift(x, dy, dx), y
+
+
 class RecordDataset(Dataset[Sample]):
     """Image files (PNG/JPEG or DICOM) with their targets, prepared as the node prepares them."""
 

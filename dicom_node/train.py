@@ -14,7 +14,16 @@ from dicom_node.infer import resolve_device
 from dicom_node.phantoms import LABELS
 from dicom_node.preprocess import InputSpec
 from dicom_node.tracking import mlflow_available
-from dicom_node.trainer import MEAN, STD, TrainConfig, TrainingData, file_data, phantom_data, train
+from dicom_node.trainer import (
+    MEAN,
+    PHANTOM_SHIFT,
+    STD,
+    TrainConfig,
+    TrainingData,
+    file_data,
+    phantom_data,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +52,11 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--labels-csv", type=Path, help="labels of a DICOM folder (labels.csv)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="patients for validation")
-    parser.add_argument("--no-augment", action="store_true", help="no rotation/scale/intensity")
+    parser.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="no augmentation (files: rotation, scale, shift, intensity; phantoms: shifts)",
+    )
     parser.add_argument("--n-train", type=int, default=2000, help="phantoms for training")
     parser.add_argument("--n-val", type=int, default=500, help="phantoms for validation")
     parser.add_argument("--phantom-size", type=int, default=256, help="phantom side, pixels")
@@ -138,6 +151,7 @@ def data_from(args: argparse.Namespace, config: TrainConfig) -> TrainingData:
             labels=config.labels,
             phantom_size=args.phantom_size,
             prevalence=args.prevalence,
+            shift=0.0 if args.no_augment else PHANTOM_SHIFT,
         )
     split = read_layout(args.data, args.labels_csv, val_fraction=args.val_fraction, seed=args.seed)
     return file_data(split, spec=config.spec, labels=config.labels, augment=not args.no_augment)

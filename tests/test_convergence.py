@@ -14,12 +14,12 @@ from dicom_node.infer import Classifier
 from dicom_node.testing import DEMO_BUNDLE, held_out_phantoms, train_small_on_phantoms
 
 
-@pytest.mark.timeout(900)  # about a minute alone on two cores; far longer beside other work
+@pytest.mark.timeout(900)  # about half a minute alone on two cores; far longer beside other work
 def test_training_on_phantoms_converges_and_localises(tmp_path: Path) -> None:
     """The training loop reaches a mean AUROC >= 0.9 on 200 held-out phantoms, and the Grad-CAM
-    peak of >= 80% of the correctly detected findings is within the pointing-game tolerance
-    (15 px at 224 px) of the true box; >= 60% lie strictly inside it (72-74% measured: the
-    issue's 80% is not reached, see bench/RESULTS.md, Grad-CAM localisation)."""
+    peak of >= 80% of the correctly detected findings lies inside the finding's true box (86%
+    measured; 83 to 98% over five training seeds, bench/RESULTS.md); all but a few are within
+    the pointing game's tolerance (15 px at 224 px)."""
     outcome = train_small_on_phantoms(tmp_path / "bundle")
     classifier = Classifier(outcome.bundle, torch.device("cpu"))
     held_out = held_out_phantoms(outcome.bundle)
@@ -27,8 +27,8 @@ def test_training_on_phantoms_converges_and_localises(tmp_path: Path) -> None:
     assert report["mean_auroc"] >= 0.9, report
     loc = localisation(classifier, held_out, thresholds=outcome.bundle.thresholds)
     assert loc["detected"] >= 150, loc
-    assert loc["pointing_rate"] >= 0.8, loc
-    assert loc["hit_rate"] >= 0.6, loc
+    assert loc["hit_rate"] >= 0.8, loc
+    assert loc["pointing_rate"] >= 0.9, loc
 
 
 def test_demo_bundle_on_fresh_phantoms() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from dicom_node.datasets import (
     DatasetError,
@@ -19,7 +20,7 @@ from dicom_node.datasets import (
     split_by_patient,
 )
 from dicom_node.preprocess import InputSpec, prepare, read_display
-from dicom_node.samples import Augment, RecordDataset, augment
+from dicom_node.samples import Augment, RecordDataset, Shifted, augment, shift
 from tests.fake_data import write_chestxray14, write_dicom_folder
 
 SPEC = InputSpec(size=64, mean=0.5, std=0.25)
@@ -126,3 +127,32 @@ def test_augmentation_never_flips() -> None:
         shown = moved * SPEC.std + SPEC.mean
         assert shown[0, :, :24].mean() > 0.7 and shown[0, :, 40:].mean() < 0.2
         assert moved.shape == x.shape
+
+
+def test_shift_moves_whole_pixels_and_replicates_the_edges() -> None:
+    """shift() moves every pixel by exactly (dy, dx), copies no value that was not there (the
+    edge rows and columns fill what comes into view), and (0, 0) is the identity."""
+    x = torch.arange(1.0, 1.0 + 8 * 8).view(1, 8, 8)
+    moved = shift(x, 2, -3)
+    assert torch.equal(moved[:, 2:, :5], x[:, :6, 3:])
+    assert torch.equal(moved[:, :2, :5], x[:, :1, 3:].expand(1, 2, 5))  # top row replicated
+    assert torch.equal(moved[:, 2:, 5:], x[:, :6, 7:].expand(1, 6, 3))  # right column replicated
+    assert torch.equal(shift(x, 0, 0), x)
+
+
+def test_shifted_dataset_moves_images_not_targets() -> None:
+    """Shifted gives each read a fresh offset within max_pixels, keeps the target, and never
+    changes an image's values (no resampling)."""
+    image = torch.zeros(1, 16, 16)
+    image[0, 8, 8] = 1.0
+    base = TensorDataset(image[None], torch.tensor([[1.0, 0.0]]))
+    data = Shifted(base, max_pixels=3)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        x, y = data[0]
+        assert y.tolist() == [1.0, 0.0] and x.sum() == 1.0 and set(x.unique().tolist()) == {0, 1}
+        ((_, py, px),) = torch.nonzero(x).tolist()
+        assert abs(py - 8) <= 3 and abs(px - 8) <= 3
+        seen.add((py, px))
+    assert len(seen) > 10 and len(data) == 1

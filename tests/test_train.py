@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from dicom_node import train as train_cli
 from dicom_node.bundle import METADATA, load_bundle
 from dicom_node.fit import FitConfig, FocalLoss, positive_weights, progress
 from dicom_node.infer import Classifier
 from dicom_node.preprocess import InputSpec
+from dicom_node.samples import Shifted
 from dicom_node.trainer import TrainConfig, phantom_data, train
 from structured_reports.codes import FINDING_CODES
 from tests.fake_data import write_chestxray14, write_dicom_folder
@@ -80,6 +82,24 @@ def test_train_refuses_bad_data_with_a_message(
     """A folder in neither layout ends with exit status 2 and says why."""
     assert _run("--data", str(tmp_path), "--out", str(tmp_path / "b"), *FAST) == 2
     assert "neither" in caplog.text
+
+
+def test_phantom_training_images_move_and_validation_images_do_not() -> None:
+    """Phantom training data moves by up to a sixth of the input side (whole pixels, fresh each
+    read) and says so; validation data and `--synthetic --no-augment` do not move."""
+    spec = InputSpec(size=48, mean=0.5, std=0.25)
+    data = phantom_data(seed=1, n_train=4, n_val=2, spec=spec, labels=LABELS, phantom_size=64)
+    assert isinstance(data.train, Shifted) and data.train.max_pixels == 8
+    assert data.params["shift_pixels"] == 8 and "shifted by up to 8 px" in data.description
+    assert isinstance(data.val, TensorDataset)
+    torch.manual_seed(0)
+    assert not torch.equal(data.train[0][0], data.train[0][0])
+    parser = argparse.ArgumentParser()
+    train_cli.configure_parser(parser)
+    phantoms = ["--n-train", "4", "--n-val", "2", "--phantom-size", "64"]
+    args = parser.parse_args(["--out", "x", "--synthetic", "--no-augment", *FAST, *phantoms])
+    still = train_cli.data_from(args, train_cli.config_from(args))
+    assert isinstance(still.train, TensorDataset) and still.params["shift_pixels"] == 0
 
 
 def test_bundle_gives_the_training_models_probabilities(tmp_path: Path) -> None:
