@@ -15,7 +15,7 @@ from dicom_node.fit import FitConfig
 from dicom_node.preprocess import InputSpec
 from dicom_node.samples import PhantomDataset
 from dicom_node.settings import Settings, load_settings
-from dicom_node.trainer import TrainConfig, TrainOutcome, phantom_data, train
+from dicom_node.trainer import PHANTOM_SHIFT, TrainConfig, TrainOutcome, phantom_data, train
 
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "cxr14-densenet121-demo"
 TINY_LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")
@@ -89,9 +89,11 @@ def train_small_on_phantoms(
     n_train: int = 1200,
     epochs: int = 15,
     seed: int = 0,
+    shift: float = PHANTOM_SHIFT,
 ) -> TrainOutcome:
     """The small DenseNet trained by the project's training loop on phantoms drawn at the input
-    size (validation on a quarter as many), written as a bundle to `out`."""
+    size (validation on a quarter as many; training images shifted by up to `shift` of the
+    side), written as a bundle to `out`."""
     spec = InputSpec(size=input_size, mean=0.5, std=0.25)
     data = phantom_data(
         seed=seed,
@@ -101,6 +103,7 @@ def train_small_on_phantoms(
         labels=tuple(labels),
         phantom_size=input_size,
         prevalence=PREVALENCE,
+        shift=shift,
     )
     config = TrainConfig(
         name="phantom-convergence",
