@@ -54,7 +54,7 @@ def test_demo_bundle_loads_with_its_model_card() -> None:
     bundle = load_bundle(DEMO_BUNDLE)
     digest = hashlib.sha256((DEMO_BUNDLE / WEIGHTS).read_bytes()).hexdigest()
     assert bundle.identity.name == "cxr14-densenet121-demo"
-    assert bundle.identity.version == "0.1.0"
+    assert bundle.identity.version == "0.2.0"
     assert bundle.identity.weights_sha256 == digest
     assert bundle.identity.synthetic_demo is True
     assert bundle.labels == LABELS and len(bundle.thresholds) == len(LABELS)

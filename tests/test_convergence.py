@@ -33,12 +33,13 @@ def test_training_on_phantoms_converges_and_localises(tmp_path: Path) -> None:
 
 def test_demo_bundle_on_fresh_phantoms() -> None:
     """The demo bundle (DenseNet121, 128 px) keeps a mean AUROC >= 0.9 on 150 phantoms from a
-    seed it never saw. Its Grad-CAM is coarse (4x4 cells): about 42% of detected findings peak
-    inside the box and 67% within the pointing tolerance; this guards against regressions."""
+    seed it never saw, and its Grad-CAM points at the findings: 71% of the detected ones peak
+    inside the true box and 89% within the pointing tolerance (measured), guarded at 60% and
+    80%. Its cells are 32 px at 128 px, so small findings (Nodule, Pleural_Thickening) miss."""
     bundle = load_bundle(DEMO_BUNDLE)
     classifier = Classifier(bundle, torch.device("cpu"))
     held_out = held_out_phantoms(bundle, n=150, phantom_size=256, prevalence=0.15)
     report = evaluate(bundle, predict_dataset(classifier, held_out, description="held out"))
     assert report["mean_auroc"] >= 0.9, report
     loc = localisation(classifier, held_out, thresholds=bundle.thresholds)
-    assert loc["pointing_rate"] >= 0.5 and loc["hit_rate"] >= 0.3, loc
+    assert loc["hit_rate"] >= 0.6 and loc["pointing_rate"] >= 0.8, loc
