@@ -178,6 +178,9 @@ class CellGrid(NamedTuple):
 def cell_grid(network: torch.nn.Module) -> CellGrid | None:
     """The cell grid of a network's `features` (convolutions and pools in order), or None.
 
+    `features` must be one chain of layers, as in MONAI's DenseNets (the dense layers' 3x3 and
+    1x1 convolutions keep the grid); parallel branches with strides would be counted twice.
+
     A layer of kernel k, stride s and padding p centres output cell o on its input at
     s * o + (k - 1) / 2 - p. For MONAI's DenseNets this puts the cells 1.5 input pixels up and
     left of where a plain resize of the map would draw them (the stem's padding and the 2x2

@@ -72,7 +72,7 @@ def tiny_bundle(
 
 
 # Findings with a well-defined place that a small network sees at 96 px; the subtle ones (Nodule,
-# Infiltration, Fibrosis) need the demo bundle's 18 minutes.
+# Infiltration, Fibrosis) need the demo bundle's 11 minutes (bench/RESULTS.md, all 14 findings).
 CONVERGENCE_LABELS = ("Cardiomegaly", "Effusion", "Mass", "Consolidation", "Pneumothorax")
 # A small DenseNet (two blocks: 8-pixel Grad-CAM cells, against DenseNet121's 32): half a
 # minute on two cores at 96 px (15 epochs).
