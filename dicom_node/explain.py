@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 import weakref
 from collections.abc import Sequence
@@ -130,7 +131,7 @@ def maps_from_features(
             cams = torch.relu(torch.einsum("ck,nkhw->nchw", weight.float(), acts))
             rows, cols = zip(*pairs, strict=True)
             raw = cams[list(rows), list(cols)][:, None]
-    maps = upsample_maps(raw, size, cell_grid(classifier.network))
+    maps = upsample_maps(raw, size, _cell_grid_of(classifier))
     for (i, c), m in zip(pairs, maps, strict=True):
         result[i][c] = m
     return result
@@ -200,6 +201,17 @@ def cell_grid(network: torch.nn.Module) -> CellGrid | None:
     return CellGrid(stride, offset)
 
 
+_CELL_GRIDS: weakref.WeakKeyDictionary[Classifier, CellGrid | None] = weakref.WeakKeyDictionary()
+
+
+def _cell_grid_of(classifier: Classifier) -> CellGrid | None:
+    """cell_grid of the classifier's network, worked out once per classifier (the walk over a
+    DenseNet121's modules would otherwise cost every batch about half a millisecond)."""
+    if classifier not in _CELL_GRIDS:
+        _CELL_GRIDS[classifier] = cell_grid(classifier.network)
+    return _CELL_GRIDS[classifier]
+
+
 def _first(value: int | tuple[int, ...] | str) -> int:
     if isinstance(value, str):
         raise TypeError(f"unsupported padding {value!r} in the feature extractor")
@@ -231,11 +243,13 @@ def upsample_maps(raw: torch.Tensor, size: int, grid: CellGrid | None) -> list[M
     return list(maps)
 
 
+@functools.lru_cache(maxsize=16)
 def _sampling_grid(
     cells: torch.Size, size: int, grid: CellGrid, device: torch.device
 ) -> torch.Tensor:
     """grid_sample coordinates (1, size, size, 2) of every input pixel in a map of `cells`:
-    with align_corners=True, -1 and +1 are the centres of the first and last cells."""
+    with align_corners=True, -1 and +1 are the centres of the first and last cells. Cached:
+    one bundle needs one grid per device; callers only read it."""
     pixel = torch.arange(size, dtype=torch.float32, device=device)
     axes = []
     for n in (cells[1], cells[0]):  # x first: grid_sample's last dimension is (x, y)
