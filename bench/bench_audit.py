@@ -24,8 +24,8 @@ from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type:
 
 from dicom_node import audit
 from dicom_node.node import Node
-from dicom_node.phantoms import make_phantom, phantom_dataset
 from dicom_node.settings import load_settings
+from dicom_node.synthetic.phantoms import make_phantom, phantom_dataset
 
 
 def datasets(count: int, size: int) -> list[Dataset]:

@@ -23,9 +23,9 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 from pynetdicom import AE
 
-from dicom_node.demo import LocalPacs
 from dicom_node.node import Node
-from dicom_node.phantoms import make_phantom, phantom_dataset
+from dicom_node.synthetic.demo import LocalPacs
+from dicom_node.synthetic.phantoms import make_phantom, phantom_dataset
 from dicom_node.testing import node_settings
 
 

@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from dicom_node.bundle import Bundle, load_bundle
-from dicom_node.evaluate import evaluate, localisation, predict_dataset
-from dicom_node.infer import Classifier
-from dicom_node.phantoms import LABELS
+from dicom_node.model.bundle import Bundle, load_bundle
+from dicom_node.model.infer import Classifier
+from dicom_node.synthetic.phantoms import LABELS
 from dicom_node.testing import CONVERGENCE_LABELS, held_out_phantoms, train_small_on_phantoms
-from dicom_node.trainer import PHANTOM_SHIFT
+from dicom_node.training.evaluate import evaluate, localisation, predict_dataset
+from dicom_node.training.trainer import PHANTOM_SHIFT
 
 
 def score(bundle: Bundle) -> tuple[dict[str, Any], dict[str, Any]]:

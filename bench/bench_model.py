@@ -23,14 +23,14 @@ import torch
 from pydicom import Dataset, dcmread
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from dicom_node.batching import BatchingClassifier, analyse_batch
-from dicom_node.bundle import Bundle, load_bundle, write_bundle
-from dicom_node.decode_pool import DecodePool, prepare_files
-from dicom_node.explain import map_to_display
-from dicom_node.infer import Classifier, resolve_device
-from dicom_node.phantom_dicom import phantom_dataset
-from dicom_node.phantoms import LABELS, make_phantom
-from dicom_node.preprocess import display_uint8, prepare, render_for_display
+from dicom_node.model.batching import BatchingClassifier, analyse_batch
+from dicom_node.model.bundle import Bundle, load_bundle, write_bundle
+from dicom_node.model.decode_pool import DecodePool, prepare_files
+from dicom_node.model.explain import map_to_display
+from dicom_node.model.infer import Classifier, resolve_device
+from dicom_node.model.preprocess import display_uint8, prepare, render_for_display
+from dicom_node.synthetic.phantom_dicom import phantom_dataset
+from dicom_node.synthetic.phantoms import LABELS, make_phantom
 from dicom_node.testing import DEMO_BUNDLE
 
 SHAPE = (2500, 2048)  # rows, columns of a typical 43 cm detector image

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import torch
 from pydicom import Dataset
 
-from dicom_node.preprocess import Letterbox
+from dicom_node.model.preprocess import Letterbox
 from structured_reports.results import (
     FindingResult,
     ImageResult,

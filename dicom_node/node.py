@@ -12,18 +12,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import audit
 from dicom_node.audit import Event
-from dicom_node.batching import BatchingClassifier
-from dicom_node.bundle import load_bundle
-from dicom_node.db import make_engine, make_session_factory, upgrade_schema
-from dicom_node.decode_pool import DecodePool
-from dicom_node.infer import Classifier, resolve_device
-from dicom_node.pipeline import Services
-from dicom_node.receive import Ingest, start_server
-from dicom_node.send import DimseSender, Sender
+from dicom_node.audit.syslog import SyslogForwarder, forwarder_from_settings
+from dicom_node.dimse.scp import Ingest, start_server
+from dicom_node.dimse.scu import DimseSender, Sender
+from dicom_node.model.batching import BatchingClassifier
+from dicom_node.model.bundle import load_bundle
+from dicom_node.model.decode_pool import DecodePool
+from dicom_node.model.infer import Classifier, resolve_device
+from dicom_node.pipeline.run import Services
+from dicom_node.pipeline.worker import Worker
 from dicom_node.settings import Settings
-from dicom_node.spool import Spool
-from dicom_node.syslog import SyslogForwarder, forwarder_from_settings
-from dicom_node.worker import Worker
+from dicom_node.store.schema import make_engine, make_session_factory, upgrade_schema
+from dicom_node.store.spool import Spool
 
 log = logging.getLogger(__name__)
 

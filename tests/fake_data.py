@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dicom_node.phantom_dicom import phantom_dataset
-from dicom_node.phantoms import make_phantom, random_findings
+from dicom_node.synthetic.phantom_dicom import phantom_dataset
+from dicom_node.synthetic.phantoms import make_phantom, random_findings
 
 CXR14_COLUMNS = [
     "Image Index",
@@ -69,7 +69,7 @@ def write_dicom_folder(
 ) -> Path:
     """DICOM DX phantoms under root/<patient>/ and root/labels.csv: 'file' plus NIH-style
     'labels' (or one 0/1 column per label), optionally a 'split' column."""
-    from dicom_node.phantoms import LABELS
+    from dicom_node.synthetic.phantoms import LABELS
 
     rng = np.random.default_rng(seed)
     rows: list[dict[str, str]] = []

@@ -16,11 +16,12 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import audit_chain, audit_export
 from dicom_node.audit import AuditRecord
-from dicom_node.audit_participants import MessageContext
-from dicom_node.db import AuditEvent, Job
+from dicom_node.audit import chain as audit_chain
+from dicom_node.audit import export as audit_export
+from dicom_node.audit.participants import MessageContext
 from dicom_node.node import Node
+from dicom_node.store.schema import AuditEvent, Job
 from dicom_node.testing import tiny_bundle as make_tiny_bundle
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.peers import StoreSCP, echoscu, storescu

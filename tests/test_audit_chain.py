@@ -19,11 +19,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import audit, audit_chain, audit_cli, audit_retention
+from dicom_node import audit
 from dicom_node.audit import Event, Outcome, Peer
-from dicom_node.audit_chain import AuditChainError, row_digest
-from dicom_node.db import AuditCheckpoint, AuditEvent, make_engine, make_session_factory
-from dicom_node.db import upgrade_schema as migrate
+from dicom_node.audit import chain as audit_chain
+from dicom_node.audit import cli as audit_cli
+from dicom_node.audit import retention as audit_retention
+from dicom_node.audit.chain import AuditChainError, row_digest
+from dicom_node.store.schema import AuditCheckpoint, AuditEvent, make_engine, make_session_factory
+from dicom_node.store.schema import upgrade_schema as migrate
 
 Tamper = Callable[[sqlite3.Connection], None]
 DROP_TRIGGERS = (

@@ -12,7 +12,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import audit_chain, audit_retention
+from dicom_node.audit import chain as audit_chain
+from dicom_node.audit import retention as audit_retention
 from dicom_node.node import Node
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.peers import storescu

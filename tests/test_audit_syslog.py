@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dicom_node import audit
-from dicom_node.audit_participants import MessageContext
+from dicom_node.audit.participants import MessageContext
+from dicom_node.audit.syslog import SyslogForwarder, SyslogTarget
 from dicom_node.node import Node
-from dicom_node.syslog import SyslogForwarder, SyslogTarget
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.peers import free_port, storescu
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_node.batching import BatchingClassifier, analyse_batch
-from dicom_node.bundle import Bundle
-from dicom_node.explain import gradcam
-from dicom_node.infer import Classifier
+from dicom_node.model.batching import BatchingClassifier, analyse_batch
+from dicom_node.model.bundle import Bundle
+from dicom_node.model.explain import gradcam
+from dicom_node.model.infer import Classifier
 from tests.test_infer import SIZE, tiny_bundle
 
 CPU = torch.device("cpu")

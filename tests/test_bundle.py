@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_node.bundle import (
+from dicom_node.model.bundle import (
     INFERENCE,
     METADATA,
     WEIGHTS,
@@ -24,10 +24,10 @@ from dicom_node.bundle import (
     instantiate_network,
     load_bundle,
 )
-from dicom_node.infer import Classifier
-from dicom_node.phantom_dicom import phantom_dataset
-from dicom_node.phantoms import LABELS, make_phantom
-from dicom_node.preprocess import render_for_display, to_model_input
+from dicom_node.model.infer import Classifier
+from dicom_node.model.preprocess import render_for_display, to_model_input
+from dicom_node.synthetic.phantom_dicom import phantom_dataset
+from dicom_node.synthetic.phantoms import LABELS, make_phantom
 from dicom_node.testing import DEMO_BUNDLE, TINY_LABELS
 from dicom_node.testing import tiny_bundle as make_tiny_bundle
 

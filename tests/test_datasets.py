@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from dicom_node.datasets import (
+from dicom_node.model.preprocess import InputSpec, prepare, read_display
+from dicom_node.training.datasets import (
     DatasetError,
     Record,
     parse_findings,
@@ -19,8 +20,7 @@ from dicom_node.datasets import (
     read_layout,
     split_by_patient,
 )
-from dicom_node.preprocess import InputSpec, prepare, read_display
-from dicom_node.samples import Augment, RecordDataset, Shifted, augment, shift
+from dicom_node.training.samples import Augment, RecordDataset, Shifted, augment, shift
 from tests.fake_data import write_chestxray14, write_dicom_folder
 
 SPEC = InputSpec(size=64, mean=0.5, std=0.25)

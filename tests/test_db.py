@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from dicom_node.db import Base, make_engine, upgrade_schema
+from dicom_node.store.schema import Base, make_engine, upgrade_schema
 
 
 def _upgrade(url: str) -> None:

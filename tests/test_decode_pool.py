@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from pydicom.uid import RLELossless, generate_uid
 
-from dicom_node.decode_pool import DecodeCrashed, DecodePool, PreparedPixels, prepare_files
-from dicom_node.preprocess import InputSpec, PreprocessError
+from dicom_node.model.decode_pool import DecodeCrashed, DecodePool, PreparedPixels, prepare_files
+from dicom_node.model.preprocess import InputSpec, PreprocessError
 from tests.conftest import chest_image, write_study
 
 SPEC = InputSpec(size=128, mean=0.5, std=0.25)

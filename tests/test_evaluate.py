@@ -13,9 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dicom_node import evaluate as evaluate_cli
-from dicom_node.bundle import Bundle
-from dicom_node.metrics import at_threshold, auroc, roc_curve, youden_threshold
+from dicom_node.model.bundle import Bundle
+from dicom_node.training import evaluate as evaluate_cli
+from dicom_node.training.classification_metrics import (
+    at_threshold,
+    auroc,
+    roc_curve,
+    youden_threshold,
+)
 from tests.fake_data import write_dicom_folder
 from tests.test_infer import LABELS, tiny_bundle
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from monai.visualize.class_activation_maps import GradCAM
 
-from dicom_node.bundle import Bundle, instantiate_network
-from dicom_node.explain import (
+from dicom_node.model.bundle import Bundle, instantiate_network
+from dicom_node.model.explain import (
     CellGrid,
     _linear_head_weight,
     cell_grid,
@@ -20,8 +20,8 @@ from dicom_node.explain import (
     map_to_display,
     upsample_maps,
 )
-from dicom_node.infer import Classifier
-from dicom_node.preprocess import Letterbox, to_model_input
+from dicom_node.model.infer import Classifier
+from dicom_node.model.preprocess import Letterbox, to_model_input
 from dicom_node.testing import tiny_bundle as make_tiny_bundle
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")

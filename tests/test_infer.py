@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_node.bundle import Bundle
-from dicom_node.infer import Classifier, resolve_device
+from dicom_node.model.bundle import Bundle
+from dicom_node.model.infer import Classifier, resolve_device
 from dicom_node.testing import TINY_LABELS
 from dicom_node.testing import tiny_bundle as make_tiny_bundle
 

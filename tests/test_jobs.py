@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import jobs
-from dicom_node.assemble import promote_ready_studies
 from dicom_node.audit import Peer
-from dicom_node.db import (
+from dicom_node.dimse.scp import Ingest, ReceivedInstance
+from dicom_node.pipeline.assemble import promote_ready_studies
+from dicom_node.store import jobs
+from dicom_node.store.schema import (
     AuditEvent,
     Job,
     Study,
@@ -22,8 +23,7 @@ from dicom_node.db import (
     upgrade_schema,
     utcnow,
 )
-from dicom_node.receive import Ingest, ReceivedInstance
-from dicom_node.spool import Spool
+from dicom_node.store.spool import Spool
 
 
 def _sessions(url: str) -> sessionmaker[Session]:

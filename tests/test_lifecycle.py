@@ -16,12 +16,12 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dicom_node.assemble import promote_ready_studies
-from dicom_node.db import AuditEvent, Report
 from dicom_node.errors import NodeError
-from dicom_node.jobs import wait_finished
 from dicom_node.node import Node
-from dicom_node.reprocess import request_reprocess
+from dicom_node.pipeline.assemble import promote_ready_studies
+from dicom_node.pipeline.reprocess import request_reprocess
+from dicom_node.store.jobs import wait_finished
+from dicom_node.store.schema import AuditEvent, Report
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.dicom_validators import dciodvfy_errors
 from tests.peers import StoreSCP, storescu

@@ -19,10 +19,10 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dicom_node.db import AuditEvent, Job
-from dicom_node.jobs import wait_finished
 from dicom_node.node import Node
-from dicom_node.reprocess import request_reprocess
+from dicom_node.pipeline.reprocess import request_reprocess
+from dicom_node.store.jobs import wait_finished
+from dicom_node.store.schema import AuditEvent, Job
 from dicom_node.testing import node_settings
 from structured_reports.overlay import overlay_layout
 from tests.conftest import chest_image, write_study

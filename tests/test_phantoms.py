@@ -14,9 +14,9 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
 
-from dicom_node import phantoms
-from dicom_node.phantom_dicom import MANUFACTURER, phantom_dataset, write_study
-from dicom_node.phantoms import LABELS, make_phantom
+from dicom_node.synthetic import phantoms
+from dicom_node.synthetic.phantom_dicom import MANUFACTURER, phantom_dataset, write_study
+from dicom_node.synthetic.phantoms import LABELS, make_phantom
 from tests.dicom_validators import dciodvfy_report, require_tool
 
 STUDY = "1.2.826.0.1.3680043.8.498.12345"
@@ -211,4 +211,4 @@ def test_dicom_encoding_lives_in_phantom_dicom_and_old_imports_work() -> None:
     """phantoms.py draws; phantom_dicom.py encodes; the old names still import from phantoms."""
     assert phantoms.phantom_dataset is phantom_dataset and phantoms.write_study is write_study
     assert phantoms.MANUFACTURER == MANUFACTURER
-    assert phantom_dataset.__module__ == "dicom_node.phantom_dicom"
+    assert phantom_dataset.__module__ == "dicom_node.synthetic.phantom_dicom"

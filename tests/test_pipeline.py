@@ -20,9 +20,9 @@ from pydicom.uid import (
 )
 from sqlalchemy import select
 
-from dicom_node.db import AuditEvent, Delivery, Instance, Result, Skip
-from dicom_node.jobs import wait_finished
 from dicom_node.node import Node
+from dicom_node.store.jobs import wait_finished
+from dicom_node.store.schema import AuditEvent, Delivery, Instance, Result, Skip
 from dicom_node.testing import node_settings
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.dicom_validators import dciodvfy_errors

@@ -12,10 +12,8 @@ from pydicom import Dataset
 from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from dicom_node import preprocess
-from dicom_node.phantom_dicom import phantom_dataset
-from dicom_node.phantoms import make_phantom
-from dicom_node.preprocess import (
+from dicom_node.model import preprocess
+from dicom_node.model.preprocess import (
     InputSpec,
     PreprocessError,
     display_uint8,
@@ -25,6 +23,8 @@ from dicom_node.preprocess import (
     render_for_display,
     to_model_input,
 )
+from dicom_node.synthetic.phantom_dicom import phantom_dataset
+from dicom_node.synthetic.phantoms import make_phantom
 
 STUDY = "1.2.826.0.1.3680043.8.498.777"
 

@@ -15,8 +15,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
 from sqlalchemy import select
 
-from dicom_node.db import AuditEvent, Instance, Study
 from dicom_node.node import Node
+from dicom_node.store.schema import AuditEvent, Instance, Study
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.peers import echoscu, storescu
 

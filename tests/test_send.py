@@ -13,7 +13,10 @@ from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
 from sqlalchemy import select
 
 from dicom_node.cli import main
-from dicom_node.db import (
+from dicom_node.dimse.scu import DimseSender
+from dicom_node.pipeline.deliver import deliver, failed_delivery_ids
+from dicom_node.settings import Destination
+from dicom_node.store.schema import (
     AuditEvent,
     Delivery,
     Job,
@@ -23,9 +26,6 @@ from dicom_node.db import (
     upgrade_schema,
     utcnow,
 )
-from dicom_node.deliveries import deliver, failed_delivery_ids
-from dicom_node.send import DimseSender
-from dicom_node.settings import Destination
 from tests.conftest import chest_image, write_study
 from tests.peers import StoreSCP
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from dicom_node.errors import CannotUnderstand
-from dicom_node.spool import Spool, write_atomic
-from dicom_node.uids import is_valid_uid
+from dicom_node.store.spool import Spool, write_atomic
+from dicom_node.store.uids import is_valid_uid
 
 
 @pytest.mark.parametrize(

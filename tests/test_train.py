@@ -15,13 +15,13 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from dicom_node import train as train_cli
-from dicom_node.bundle import METADATA, load_bundle
-from dicom_node.fit import FitConfig, FocalLoss, positive_weights, progress
-from dicom_node.infer import Classifier
-from dicom_node.preprocess import InputSpec
-from dicom_node.samples import Shifted
-from dicom_node.trainer import TrainConfig, phantom_data, train
+from dicom_node.model.bundle import METADATA, load_bundle
+from dicom_node.model.infer import Classifier
+from dicom_node.model.preprocess import InputSpec
+from dicom_node.training import train as train_cli
+from dicom_node.training.fit import FitConfig, FocalLoss, positive_weights, progress
+from dicom_node.training.samples import Shifted
+from dicom_node.training.trainer import TrainConfig, phantom_data, train
 from structured_reports.codes import FINDING_CODES
 from tests.fake_data import write_chestxray14, write_dicom_folder
 

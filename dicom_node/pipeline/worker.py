@@ -1,0 +1,111 @@
+"""Worker: promotes quiet studies, claims jobs with a lease, runs the pipeline, records the
+outcome. The one error boundary of the analysis side."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from dicom_node import audit
+from dicom_node.audit import Event, Outcome
+from dicom_node.pipeline.assemble import promote_ready_studies
+from dicom_node.pipeline.run import Services, run_study
+from dicom_node.store import jobs
+from dicom_node.store.jobs import ClaimedJob
+
+log = logging.getLogger(__name__)
+
+FINISHED_EVENTS = {
+    "done": (Event.JOB_FINISHED, Outcome.SUCCESS),
+    "skipped": (Event.JOB_SKIPPED, Outcome.SKIPPED),
+    "failed": (Event.JOB_FAILED, Outcome.FAILURE),
+}
+
+
+class Worker:
+    """Runs jobs one at a time; several workers (threads or processes) may share one database."""
+
+    def __init__(self, ctx: Services, name: str | None = None) -> None:
+        self.ctx = ctx
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("worker %s started", self.name)
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # database down and the like: log, back off, keep serving
+                log.exception("worker loop error")
+                busy = False
+            if not busy:
+                stop.wait(self.ctx.settings.poll_seconds)
+        log.info("worker %s stopped", self.name)
+
+    def run_once(self) -> bool:
+        """Promote ready studies and run at most one job; True when a job ran."""
+        settings = self.ctx.settings
+        promote_ready_studies(self.ctx.sessions, settings.quiet_seconds)
+        job = jobs.claim(
+            self.ctx.sessions,
+            self.name,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_job_attempts,
+        )
+        if job is None:
+            return False
+        self.process(job)
+        return True
+
+    def process(self, job: ClaimedJob) -> None:
+        self._record_start(job)
+        done = threading.Event()
+        heartbeat = threading.Thread(target=self._renew, args=(job, done), daemon=True)
+        heartbeat.start()
+        try:
+            outcome = run_study(self.ctx, job)
+            state, detail = outcome.state, outcome.detail
+        except Exception as exc:
+            log.exception("job %d failed", job.id)
+            state, detail = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            done.set()
+            heartbeat.join()
+        self._record_end(job, state, detail)
+        log.info("job %d %s: %s", job.id, state, detail)
+
+    def _renew(self, job: ClaimedJob, done: threading.Event) -> None:
+        interval = self.ctx.settings.lease_seconds / 3
+        while not done.wait(interval):
+            if not jobs.renew(
+                self.ctx.sessions, job.id, self.name, self.ctx.settings.lease_seconds
+            ):
+                log.warning("job %d: lease lost", job.id)
+                return
+
+    def _record_start(self, job: ClaimedJob) -> None:
+        with self.ctx.sessions.begin() as session:
+            audit.record(
+                session,
+                Event.JOB_STARTED,
+                study_instance_uid=job.study_instance_uid,
+                job_id=job.id,
+                model=self.ctx.model_label,
+                detail=f"attempt {job.attempt} by {self.name}",
+            )
+
+    def _record_end(self, job: ClaimedJob, state: str, detail: str) -> None:
+        retry = state == "failed" and job.attempt < self.ctx.settings.max_job_attempts
+        event, outcome = FINISHED_EVENTS[state]
+        with self.ctx.sessions.begin() as session:
+            jobs.finish(session, job.id, "queued" if retry else state, detail)
+            audit.record(
+                session,
+                event,
+                outcome,
+                study_instance_uid=job.study_instance_uid,
+                job_id=job.id,
+                model=self.ctx.model_label,
+                detail=detail + (" (will retry)" if retry else ""),
+            )

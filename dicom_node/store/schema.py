@@ -1,0 +1,319 @@
+"""Durable state in SQL: instances, studies, jobs, results, reports, deliveries, audit trail.
+
+SQLite (a file) by default, PostgreSQL by URL; the schema is managed by Alembic
+(`dicom_node/migrations`). One engine per process, one session per unit of work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+UID = String(64)
+AE = String(16)
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Stores naive UTC (comparable as text on SQLite), returns timezone-aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored: use timezone-aware UTC")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Instance(Base):
+    """A received instance, stored durably in the spool before it was acknowledged."""
+
+    __tablename__ = "instances"
+
+    sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(
+        UID, ForeignKey("studies.study_instance_uid"), index=True
+    )
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    calling_ae: Mapped[str] = mapped_column(AE)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Study(Base):
+    """A study being received or analysed. `state`: receiving, ready."""
+
+    __tablename__ = "studies"
+
+    study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    open_associations: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_instance_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    ready_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    calling_ae: Mapped[str] = mapped_column(AE)
+
+
+class Job(Base):
+    """Analysis of one study. `state`: queued, running, done, skipped, failed, superseded."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_lease", "state", "lease_expires_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str] = mapped_column(
+        UID, ForeignKey("studies.study_instance_uid"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Result(Base):
+    """One finding of one analysed image: probability, decision and the model that made it."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    label: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    present: Mapped[bool] = mapped_column(Boolean)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class Skip(Base):
+    """An image of a study that was not analysed, with the reason."""
+
+    __tablename__ = "skips"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class Delivery(Base):
+    """A result object owed to a destination. `state`: pending, sent, failed."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_state", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(Text)
+    destination_ae: Mapped[str] = mapped_column(AE)
+    destination_host: Mapped[str] = mapped_column(String(255))
+    destination_port: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Report(Base):
+    """An SR the node emitted for a study (one row per SOP Instance UID, however often sent).
+
+    `content_digest` is what the SR states (`structured_reports.sr.content_digest`); a
+    re-analysis whose result differs from the newest report of the study gets a new SR naming
+    that report as its predecessor (`predecessor_sop_instance_uid`); the same result again is
+    the same SR (same UID, same predecessor).
+    """
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    content_digest: Mapped[str] = mapped_column(String(64))
+    predecessor_sop_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class AuditEvent(Base):
+    """Append-only audit trail: one row per event; rows are never updated or deleted.
+
+    Each row is a DICOM PS3.15 A.5 event (`event_id`, `event_action`, `outcome_code`) and a link
+    of a hash chain: `seq` is its position, `prev_hash` the `row_hash` of row `seq - 1`, and
+    `row_hash` the SHA-256 of its content and `prev_hash` (`dicom_node.audit.chain`).
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_study", "study_instance_uid"),
+        Index("ix_audit_type_time", "event_type", "occurred_at"),
+        Index("ix_audit_seq", "seq", unique=True),
+        Index("ix_audit_patient", "patient_id"),
+        Index("ix_audit_time", "occurred_at"),
+        Index("ix_audit_calling_ae", "calling_ae"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    event_type: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(16))
+    event_action: Mapped[str] = mapped_column(String(1))
+    outcome: Mapped[str] = mapped_column(String(16))
+    outcome_code: Mapped[int] = mapped_column(Integer)
+    calling_ae: Mapped[str | None] = mapped_column(AE, nullable=True)
+    called_ae: Mapped[str | None] = mapped_column(AE, nullable=True)
+    peer_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    user_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
+    sop_class_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
+    sop_class_counts: Mapped[str | None] = mapped_column(Text, nullable=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    process: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The one row naming the newest link of the audit chain. Writers lock it (`FOR UPDATE` on
+    PostgreSQL, the write lock on SQLite) so that links are added one at a time."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """Written by a purge: the chain was cut after `last_seq`, whose hash was `last_hash`;
+    verification starts from the newest checkpoint. Append-only, like the audit table."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    purged_rows: Mapped[int] = mapped_column(BigInteger)
+    cutoff: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk before the C-STORE is acknowledged (nothing acknowledged is lost).
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+    # SQLAlchemy emits BEGIN itself (`_sqlite_begin`), so pysqlite must not.
+    dbapi_connection.isolation_level = None
+
+
+SQLITE_BEGIN = "sqlite_begin"
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    """Start SQLite transactions with BEGIN IMMEDIATE: the write lock is taken at the start, so a
+    transaction that reads and then writes (the audit chain always does) waits its turn instead of
+    failing with SQLITE_BUSY on the lock upgrade. Long read-only work (audit export) may ask for
+    a deferred transaction with `execution_options(sqlite_begin="DEFERRED")`."""
+    mode = connection.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE")
+    if mode not in {"IMMEDIATE", "DEFERRED", "EXCLUSIVE"}:
+        raise ValueError(f"unknown SQLite transaction mode {mode!r}")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(url: str) -> Engine:
+    """One engine per process. SQLite files get WAL, full sync and a busy timeout."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Any]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+MIGRATION_LOCK = 0x44434D4E  # "DCMN": the advisory lock key of schema migrations
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring the database to the newest Alembic revision (idempotent).
+
+    Processes starting together (`serve` and `work`) must not migrate at once: on PostgreSQL a
+    transaction-scoped advisory lock serialises them (the DDL is transactional, so the second
+    process then finds the schema at head); on SQLite the write lock taken by BEGIN IMMEDIATE does.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
