@@ -25,7 +25,8 @@ from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type:
 from dicom_node import audit
 from dicom_node.node import Node
 from dicom_node.settings import load_settings
-from dicom_node.synthetic.phantoms import make_phantom, phantom_dataset
+from dicom_node.synthetic.phantom_dicom import phantom_dataset
+from dicom_node.synthetic.phantoms import make_phantom
 
 
 def datasets(count: int, size: int) -> list[Dataset]:

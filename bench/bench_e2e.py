@@ -25,7 +25,8 @@ from pynetdicom import AE
 
 from dicom_node.node import Node
 from dicom_node.synthetic.demo import LocalPacs
-from dicom_node.synthetic.phantoms import make_phantom, phantom_dataset
+from dicom_node.synthetic.phantom_dicom import phantom_dataset
+from dicom_node.synthetic.phantoms import make_phantom
 from dicom_node.testing import node_settings
 
 

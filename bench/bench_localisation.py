@@ -25,10 +25,11 @@ import torch
 
 from dicom_node.model.bundle import Bundle, load_bundle
 from dicom_node.model.infer import Classifier
+from dicom_node.synthetic.localisation import localisation
 from dicom_node.synthetic.phantoms import LABELS
+from dicom_node.synthetic.samples import PHANTOM_SHIFT
 from dicom_node.testing import CONVERGENCE_LABELS, held_out_phantoms, train_small_on_phantoms
-from dicom_node.training.evaluate import evaluate, localisation, predict_dataset
-from dicom_node.training.trainer import PHANTOM_SHIFT
+from dicom_node.training.evaluate import evaluate, predict_dataset
 
 
 def score(bundle: Bundle) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from pydicom import Dataset
 
-from dicom_node.model.preprocess import Letterbox
 from structured_reports.results import (
     FindingResult,
     ImageResult,
@@ -20,16 +19,42 @@ from structured_reports.results import (
     StudyResult,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "FindingResult",
     "ImageResult",
     "JobOutcome",
+    "Letterbox",
     "ModelIdentity",
     "PreparedImage",
     "SkippedImage",
     "SourceImage",
     "StudyResult",
 ]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Letterbox:
+    """How a display image was placed into the square model input.
+
+    The image was scaled by `scale` to `height` x `width` pixels and pasted at (`pad_top`,
+    `pad_left`) into a `size` x `size` canvas; the rest is padding.
+    """
+
+    scale: float
+    pad_top: int
+    pad_left: int
+    height: int
+    width: int
+    size: int
+
+    def __post_init__(self) -> None:
+        inside = self.pad_top >= 0 and self.pad_top + self.height <= self.size
+        inside = inside and self.pad_left >= 0 and self.pad_left + self.width <= self.size
+        if not (inside and self.height > 0 and self.width > 0 and self.scale > 0):
+            raise ValueError(f"inconsistent letterbox {self}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)

@@ -1,16 +1,19 @@
 """The node's error tree; each error knows the DIMSE status or outcome it maps to.
 
 NodeError
-├── ConfigError            invalid settings; names the key                 (start-up refused)
+├── ConfigError            invalid settings; names the key and its source  (exit status 2)
+├── StartupError           a dependency of the node is unusable: database, spool, model,
+│                          device, port; says what to do                   (exit status 2)
 ├── StoreError             a C-STORE the node cannot accept                (DIMSE status)
 │   ├── OutOfResources     disk or database failure: 0xA700, sender retries
 │   └── CannotUnderstand   unreadable dataset or invalid UIDs: 0xC2xx
-└── AuditChainError        the audit chain cannot be extended or verified  (audit_chain.py)
+└── AuditChainError        the audit chain cannot be extended or verified  (audit/chain.py)
 
-Elsewhere, as ValueError subclasses: BundleError (bundle.py, an invalid model bundle: start-up
-refused) and PreprocessError (preprocess.py, pixels the model cannot read: the image is skipped).
-Images the model must not read (selection.py) and results a destination refused (deliveries.py)
-are outcomes recorded with their reason, not exceptions.
+Elsewhere, as ValueError subclasses: BundleError (model/bundle.py, an invalid model bundle:
+start-up refused) and PreprocessError (model/preprocess.py, pixels the model cannot read: the
+image is skipped). Images the model must not read (pipeline/selection.py) and results a
+destination refused (pipeline/deliver.py) are outcomes recorded with their reason, not
+exceptions.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ class NodeError(Exception):
 
 class ConfigError(NodeError):
     """A setting is missing or invalid. The message names the key."""
+
+
+class StartupError(NodeError):
+    """The node cannot start: something it depends on is unusable. The message names the cause
+    and what to do, in one line."""
 
 
 class StoreError(NodeError):
@@ -53,3 +61,4 @@ class CannotUnderstand(StoreError):
 
 INVALID_UID = 0xC221
 UID_MISMATCH = 0xC222
+SOP_CLASS_MISMATCH = 0xA900

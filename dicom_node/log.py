@@ -1,27 +1,111 @@
-"""Application logging: one line per event, with context (job, study) but never patient data.
+"""Application logging through structlog: one line per event, as text or JSON, carrying the
+context bound for the current association, study or job, and never patient data.
 
-Patient identifiers (names, IDs, birth dates) belong to the audit table, not to logs; the node
-never passes them to a logger, and pynetdicom's dataset dumps are kept below the log level.
+The node's modules log with the standard library (`logging.getLogger(__name__)`); structlog's
+`ProcessorFormatter` renders those records and every third-party record alike. Context is bound
+once per unit of work with `bind(...)` (association threads bind the association, workers the
+job and study) and travels on every line of that thread until `unbind`. Patient identifiers
+belong to the audit table: `drop_patient_data` removes any key that names them and redacts the
+values of patient-module elements (group 0010) in dataset dumps, whoever logs them.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal
 
-FORMAT = "%(asctime)s %(levelname)s %(processName)s/%(threadName)s %(name)s: %(message)s"
+import structlog
+from structlog.contextvars import bind_contextvars, reset_contextvars
+from structlog.typing import EventDict, WrappedLogger
+
+LogFormat = Literal["text", "json"]
+
+PATIENT_KEYS = re.compile(r"patient|birth", re.IGNORECASE)
+# A dataset dump line of the patient module: "(0010,0010) Patient's Name  PN: 'Doe^John'".
+PATIENT_ELEMENT = re.compile(r"(\(0010,[0-9A-Fa-f]{4}\)[^\n:=]*[:=]?)[^\n]*")
+PATIENT_WORDS = re.compile(
+    r"((?:Patient(?:'s)?\s?(?:Name|ID|Birth\s?Date)|PatientName|PatientID|PatientBirthDate)"
+    r"\s*[:=]\s*)('[^']*'|\"[^\"]*\"|\[[^\]]*\]|\S+)",
+    re.IGNORECASE,
+)
+REDACTED = "<redacted>"
+
+
+def drop_patient_data(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: no patient names, IDs or birth dates leave in a log line."""
+    for key in [k for k in event_dict if PATIENT_KEYS.search(k)]:
+        del event_dict[key]
+    for key, value in event_dict.items():
+        if isinstance(value, str) and ("0010," in value or "atient" in value):
+            event_dict[key] = _redact(value)
+    return event_dict
+
+
+def _redact(text: str) -> str:
+    text = PATIENT_ELEMENT.sub(lambda m: m.group(1) + " " + REDACTED, text)
+    return PATIENT_WORDS.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+def _renderer(fmt: LogFormat) -> Any:
+    if fmt == "json":
+        return structlog.processors.JSONRenderer(sort_keys=True)
+    return structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
 
 
 class _NodeHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The node's own stderr handler (other handlers, such as a test's, are left alone)."""
+    """The node's own stderr handler (other handlers, such as pytest's, are left alone)."""
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
+    """Send every log record to stderr through structlog, as `fmt`, the node's at `level`."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            drop_patient_data,
+            _renderer(fmt),
+        ],
+    )
     root = logging.getLogger()
-    if not any(isinstance(h, _NodeHandler) for h in root.handlers):
-        handler = _NodeHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(FORMAT))
-        root.addHandler(handler)
-    root.setLevel(level)
-    # pynetdicom's INFO/DEBUG output includes dataset summaries with patient names: keep it quiet.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for old in [h for h in root.handlers if isinstance(h, _NodeHandler)]:
+        root.removeHandler(old)
+    handler = _NodeHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    # Third-party loggers print at INFO what a hospital's log need not hold (highdicom: seven
+    # lines a job; pynetdicom: dataset summaries with patient names): they stay at WARNING.
+    root.setLevel(logging.WARNING)
+    logging.getLogger("dicom_node").setLevel(level)
+    logging.captureWarnings(True)
+
+
+@contextmanager
+def bound(**context: object) -> Iterator[None]:
+    """Carry `context` (e.g. `job=12, study=uid`) on every log line of this thread inside."""
+    tokens = bind_contextvars(**context)
+    try:
+        yield
+    finally:
+        reset_contextvars(**tokens)
+
+
+def bind(**context: object) -> Mapping[str, Any]:
+    """Bind `context` for the rest of this thread's unit of work (see `unbind`)."""
+    return bind_contextvars(**context)
+
+
+def unbind(tokens: Mapping[str, Any]) -> None:
+    """Undo a `bind`."""
+    reset_contextvars(**tokens)

@@ -1,46 +1,50 @@
 """The node at run time: database, spool, model, C-STORE server and workers, started and stopped
-together. `dicom-node serve`, `work` and `demo` and the integration tests all use it."""
+together. `dicom-node serve`, `work` and `demo` and the integration tests all use it.
+
+Start-up checks everything it depends on before it records "node started": the database (reached
+and migrated), the spool (writable), the model bundle and device, and the DICOM port (bound).
+Each failure is a `StartupError` whose one-line message names the cause and what to do.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
+import torch
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import audit
 from dicom_node.audit import Event
 from dicom_node.audit.syslog import SyslogForwarder, forwarder_from_settings
-from dicom_node.dimse.scp import Ingest, start_server
+from dicom_node.dimse.ingest import Ingest
+from dicom_node.dimse.scp import start_server
 from dicom_node.dimse.scu import DimseSender, Sender
+from dicom_node.errors import StartupError
 from dicom_node.model.batching import BatchingClassifier
-from dicom_node.model.bundle import load_bundle
+from dicom_node.model.bundle import Bundle, BundleError, load_bundle
 from dicom_node.model.decode_pool import DecodePool
 from dicom_node.model.infer import Classifier, resolve_device
 from dicom_node.pipeline.run import Services
 from dicom_node.pipeline.worker import Worker
 from dicom_node.settings import Settings
-from dicom_node.store.schema import make_engine, make_session_factory, upgrade_schema
-from dicom_node.store.spool import Spool
+from dicom_node.store.database import open_database
+from dicom_node.store.spool import Spool, write_atomic
 
 log = logging.getLogger(__name__)
-
-
-def open_database(settings: Settings) -> sessionmaker[Session]:
-    """One engine per process, schema migrated to the newest revision."""
-    engine = make_engine(settings.database_url)
-    upgrade_schema(engine)
-    return make_session_factory(engine)
 
 
 def build_services(
     settings: Settings, sessions: sessionmaker[Session], *, sender: Sender | None = None
 ) -> Services:
     """Load and validate the model bundle and assemble what workers need."""
-    bundle = load_bundle(settings.model_bundle)
-    device = resolve_device(settings.device)
+    bundle, device = _load_model(settings)
     log.info("model %s %s on %s", bundle.identity.name, bundle.identity.version, device)
     return Services(
         settings=settings,
@@ -48,13 +52,78 @@ def build_services(
         spool=Spool(settings.spool_dir),
         bundle=bundle,
         batcher=BatchingClassifier(
-            Classifier(bundle, device, max_batch=settings.max_batch),
+            _classifier(bundle, device, settings),
             max_batch=settings.max_batch,
             max_wait_ms=settings.max_wait_ms,
         ),
         sender=sender or default_sender(settings),
         decode_pool=DecodePool(settings.decode_processes) if settings.decode_processes else None,
     )
+
+
+def _load_model(settings: Settings) -> tuple[Bundle, torch.device]:
+    path = settings.model_bundle
+    try:
+        bundle = load_bundle(path)
+    except BundleError as exc:
+        raise StartupError(
+            f"model bundle {path} is missing or invalid ({exc}): set model_bundle to a MONAI "
+            "bundle folder (models/<name>, see the README)"
+        ) from exc
+    try:
+        return bundle, resolve_device(settings.device)
+    except ValueError as exc:
+        raise StartupError(f'{exc}: set device = "cpu" or "auto"') from exc
+
+
+def _classifier(bundle: Bundle, device: torch.device, settings: Settings) -> Classifier:
+    try:
+        return Classifier(bundle, device, max_batch=settings.max_batch)
+    except BundleError as exc:
+        raise StartupError(
+            f"model bundle {settings.model_bundle} cannot be loaded ({exc}): check its "
+            "models/model.pt and configs"
+        ) from exc
+
+
+def connect_database(url: str) -> sessionmaker[Session]:
+    """The database reached and migrated; a StartupError naming the URL (password hidden)."""
+    try:
+        return open_database(url)
+    except (SQLAlchemyError, OSError) as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise StartupError(
+            f"database {shown} cannot be used ({reason}): check database_url and that the "
+            "database server is running and reachable"
+        ) from exc
+
+
+def check_spool(spool_dir: Path) -> None:
+    """The spool folder exists (created if need be) and takes a durable write."""
+    probe = spool_dir / ".write-test"
+    try:
+        write_atomic(probe, b"dicom-node")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(
+            f"spool folder {spool_dir} is not writable ({exc.strerror or exc}): fix its "
+            "permissions or set spool_dir to a writable folder"
+        ) from exc
+
+
+def _listen(settings: Settings, ingest: Ingest) -> ThreadedAssociationServer:
+    try:
+        return start_server(settings, ingest)
+    except OSError as exc:
+        where = f"{settings.host}:{settings.port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"port {where} is already in use: stop the other listener or set port"
+            ) from exc
+        raise StartupError(
+            f"cannot listen on {where} ({exc.strerror or exc}): check host and port"
+        ) from exc
 
 
 def default_sender(settings: Settings) -> DimseSender:
@@ -79,7 +148,8 @@ class Node:
         sender: Sender | None = None,
     ) -> None:
         self.settings = settings
-        self.sessions = open_database(settings)
+        self.sessions = connect_database(settings.database_url)
+        check_spool(settings.spool_dir)
         self.receive = receive
         self.worker_count = settings.workers if workers is None else workers
         self.services = (
@@ -97,15 +167,21 @@ class Node:
         return int(self.server.server_address[1])
 
     def start(self) -> Node:
+        """Listen (when receiving), record "node started", then start the workers."""
+        if self.receive:
+            ingest = Ingest(Spool(self.settings.spool_dir), self.sessions)
+            self.server = _listen(self.settings, ingest)
+            ingest.reset_open_associations()
         self._forwarder = forwarder_from_settings(self.settings)
         if self._forwarder is not None:
             self._forwarder.start()
         with self.sessions.begin() as session:
             audit.record(session, Event.NODE_START, detail=self._describe())
-        if self.receive:
-            ingest = Ingest(Spool(self.settings.spool_dir), self.sessions)
-            ingest.reset_open_associations()
-            self.server = start_server(self.settings, ingest)
+        if self.worker_count and not self.settings.destinations:
+            log.warning(
+                "no destinations are configured: results stay in the spool and reach no PACS "
+                "(set destinations)"
+            )
         for number in range(self.worker_count):
             assert self.services is not None
             worker = Worker(self.services)

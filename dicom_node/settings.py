@@ -1,5 +1,12 @@
 """Settings: built once from a TOML file and DICOM_NODE_<KEY> environment variables (which win),
-validated at start-up with errors that name the key, immutable afterwards."""
+with pydantic-settings; validated at start-up with errors that name the key and where it came
+from; immutable afterwards.
+
+Relative paths in the file (and a relative SQLite path in its `database_url`) resolve against the
+file's folder; relative paths from the environment or the defaults against the working folder.
+Lists and tables are JSON in the environment (`DICOM_NODE_DESTINATIONS='[{...}]'`);
+`DICOM_NODE_ALLOWED_CALLING_AETS` may also be a comma-separated list.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +15,32 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from dicom_node.errors import ConfigError
 from structured_reports.results import ScFindings
 
 ENV_PREFIX = "DICOM_NODE_"
 _AE_TITLE = r"^[ -~]{1,16}$"  # PS3.5 AE VR: 16 characters of the default repertoire
+SQLITE = "sqlite:///"
+DATABASE_SCHEMES = (SQLITE, "postgresql+psycopg://")
+PATH_KEYS = (
+    "spool_dir",
+    "model_bundle",
+    "audit_syslog_ca_file",
+    "audit_syslog_cert_file",
+    "audit_syslog_key_file",
+)
 
 
 class Destination(BaseModel):
@@ -48,15 +72,17 @@ class Destination(BaseModel):
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
-class Settings(BaseModel):
+class Settings(BaseSettings):
     """Every setting of the node; `config/dicom-node.toml` documents each with its default."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", env_prefix=ENV_PREFIX, case_sensitive=False
+    )
 
     ae_title: str = Field(default="DICOMNODE", pattern=_AE_TITLE)
     host: str = "127.0.0.1"
     port: int = Field(default=11112, ge=0, le=65535)
-    allowed_calling_aets: tuple[str, ...] = ()
+    allowed_calling_aets: Annotated[tuple[str, ...], NoDecode] = ()
     max_pdu: int = Field(default=131072, ge=0)
     spool_dir: Path = Path("var/spool")
     database_url: str = "sqlite:///var/dicom-node.db"
@@ -77,6 +103,7 @@ class Settings(BaseModel):
     sc_max_side: int = Field(default=1024, ge=64, le=4096)
     require_view_position: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
     audit_retention_days: float = Field(default=2192, gt=0)
     audit_syslog_host: str | None = None
     audit_syslog_port: int = Field(default=6514, ge=1, le=65535)
@@ -86,6 +113,20 @@ class Settings(BaseModel):
     audit_syslog_queue_size: int = Field(default=10000, ge=1)
     audit_enterprise_site: str | None = None
 
+    @field_validator("allowed_calling_aets", mode="before")
+    @classmethod
+    def _split_aets(cls, value: Any) -> Any:
+        """The environment gives a JSON list or a comma-separated one."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a valid JSON list ({exc.msg})") from exc
+        return [part.strip() for part in text.split(",") if part.strip()]
+
     @field_validator("allowed_calling_aets")
     @classmethod
     def _check_aets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -94,50 +135,96 @@ class Settings(BaseModel):
                 raise ValueError(f"invalid AE title {aet!r}")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if value.startswith(DATABASE_SCHEMES):
+            return value
+        scheme = value.split("://", 1)[0] if "://" in value else "(none)"
+        if scheme in {"postgres", "postgresql", "postgresql+psycopg2"}:
+            raise ValueError(
+                f"URL scheme {scheme}:// is not supported: write postgresql+psycopg://"
+                "user@host:port/database (the driver the node installs)"
+            )
+        raise ValueError(
+            f"URL scheme {scheme} is not supported: use sqlite:///PATH or "
+            "postgresql+psycopg://user@host:port/database"
+        )
 
-def _env_value(key: str, raw: str) -> Any:
-    """Parse an environment value: JSON for structured keys, comma lists for AE titles."""
-    if key == "destinations":
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{ENV_PREFIX}DESTINATIONS is not valid JSON: {exc}") from exc
-    if key == "allowed_calling_aets":
-        text = raw.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return raw
+
+class _Environment(EnvSettingsSource):
+    """DICOM_NODE_<KEY> variables of `environ` (the process environment unless given)."""
+
+    def __init__(self, environ: Mapping[str, str] | None) -> None:
+        self._environ = environ  # read by _load_env_vars, which the base class calls
+        super().__init__(Settings)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        if self._environ is None:
+            return super()._load_env_vars()
+        return {k.lower(): v for k, v in self._environ.items()}
 
 
-def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+def _from_environment(environ: Mapping[str, str] | None) -> dict[str, Any]:
+    names = os.environ if environ is None else environ
     known = Settings.model_fields
-    values: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        key = name[len(ENV_PREFIX) :].lower()
-        if key not in known:
+    for name in names:
+        if name.upper().startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :].lower() not in known:
             raise ConfigError(f"unknown setting {name} (known keys: {', '.join(sorted(known))})")
-        values[key] = _env_value(key, raw)
-    return values
+    return _read(_Environment(environ), "the environment")
 
 
 def _from_file(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            values = tomllib.load(handle)
     except FileNotFoundError as exc:
         raise ConfigError(f"configuration file {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"configuration file {path} cannot be read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+    return _relative_to(path.resolve().parent, values)
 
 
-def _describe(exc: ValidationError) -> str:
+def _relative_to(folder: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """Relative paths of a file's values, resolved against the file's folder."""
+    resolved = dict(values)
+    for key in PATH_KEYS:
+        if isinstance(resolved.get(key), str) and not Path(resolved[key]).is_absolute():
+            resolved[key] = os.path.normpath(folder / resolved[key])
+    url = resolved.get("database_url")
+    if isinstance(url, str) and url.startswith(SQLITE) and url != SQLITE + ":memory:":
+        database = Path(url.removeprefix(SQLITE))
+        if not database.is_absolute():
+            resolved["database_url"] = SQLITE + os.path.normpath(folder / database)
+    return resolved
+
+
+def _read(source: PydanticBaseSettingsSource, where: str) -> dict[str, Any]:
+    try:
+        return dict(source())
+    except SettingsError as exc:
+        cause = exc.__cause__
+        detail = f": {cause}" if isinstance(cause, ValueError) else ""
+        raise ConfigError(f"{_origin_of(str(exc), where)}{detail}") from exc
+
+
+def _origin_of(message: str, where: str) -> str:
+    """`error parsing value for field "destinations" from source ...` in the node's words."""
+    if 'field "' in message:
+        key = message.split('field "', 1)[1].split('"', 1)[0]
+        return f"setting {ENV_PREFIX}{key.upper()} from {where} is not valid JSON"
+    return f"settings from {where}: {message}"
+
+
+def _describe(exc: ValidationError, origins: Mapping[str, str]) -> str:
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(settings)"
-        lines.append(f"setting {key!r}: {error['msg']}")
+        top = str(error["loc"][0]) if error["loc"] else ""
+        where = origins.get(top, "the defaults")
+        lines.append(f"setting {key!r} (from {where}): {error['msg']}")
     return "; ".join(lines)
 
 
@@ -147,13 +234,23 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Build the settings: file, then environment (wins), then explicit overrides (tests, CLI)."""
-    values: dict[str, Any] = {}
+    """Build the settings: file, then environment (wins), then explicit overrides (tests, CLI).
+
+    `environ` replaces the process environment (tests and the demo pass `{}`). Raises
+    ConfigError naming the key and where its value came from.
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
     if config_file is not None:
-        values.update(_from_file(config_file))
-    values.update(_from_environment(os.environ if environ is None else environ))
-    values.update(overrides or {})
+        layers.append((f"file {config_file}", _from_file(config_file)))
+    layers.append(("the environment", _from_environment(environ)))
+    layers.append(("the caller", dict(overrides or {})))
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for where, layer in layers:
+        values.update(layer)
+        for key in layer:
+            origins[key] = f"{ENV_PREFIX}{key.upper()}" if where == "the environment" else where
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from exc
+        raise ConfigError(_describe(exc, origins)) from exc

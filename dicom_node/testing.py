@@ -13,15 +13,9 @@ import torch
 from dicom_node.model.bundle import Bundle, instantiate_network, write_bundle
 from dicom_node.model.preprocess import InputSpec
 from dicom_node.settings import Settings, load_settings
+from dicom_node.synthetic.samples import PHANTOM_SHIFT, PhantomDataset, phantom_data
 from dicom_node.training.fit import FitConfig
-from dicom_node.training.samples import PhantomDataset
-from dicom_node.training.trainer import (
-    PHANTOM_SHIFT,
-    TrainConfig,
-    TrainOutcome,
-    phantom_data,
-    train,
-)
+from dicom_node.training.trainer import TrainConfig, TrainOutcome, train
 
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "cxr14-densenet121-demo"
 TINY_LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")

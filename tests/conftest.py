@@ -50,7 +50,8 @@ def chest_image(
     **kwargs: Any,
 ) -> Dataset:
     """A synthetic chest radiograph (DX unless modality="CR") of the given study."""
-    from dicom_node.synthetic.phantoms import make_phantom, phantom_dataset
+    from dicom_node.synthetic.phantom_dicom import phantom_dataset
+    from dicom_node.synthetic.phantoms import make_phantom
 
     rng = np.random.default_rng(seed)
     phantom = make_phantom(rng, findings=findings, size=size)

@@ -25,8 +25,9 @@ from dicom_node.audit import chain as audit_chain
 from dicom_node.audit import cli as audit_cli
 from dicom_node.audit import retention as audit_retention
 from dicom_node.audit.chain import AuditChainError, row_digest
-from dicom_node.store.schema import AuditCheckpoint, AuditEvent, make_engine, make_session_factory
-from dicom_node.store.schema import upgrade_schema as migrate
+from dicom_node.store.database import make_engine, make_session_factory
+from dicom_node.store.database import upgrade_schema as migrate
+from dicom_node.store.schema import AuditCheckpoint, AuditEvent
 
 Tamper = Callable[[sqlite3.Connection], None]
 DROP_TRIGGERS = (

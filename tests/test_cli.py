@@ -18,8 +18,9 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from dicom_node.cli import main
+from dicom_node.store.database import make_session_factory
 from dicom_node.store.jobs import wait_finished
-from dicom_node.store.schema import AuditEvent, make_session_factory
+from dicom_node.store.schema import AuditEvent
 from dicom_node.testing import DEMO_BUNDLE
 from tests.conftest import chest_image, write_study
 from tests.peers import StoreSCP, free_port, wait_for_port

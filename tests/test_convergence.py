@@ -10,8 +10,9 @@ import torch
 
 from dicom_node.model.bundle import load_bundle
 from dicom_node.model.infer import Classifier
+from dicom_node.synthetic.localisation import localisation
 from dicom_node.testing import DEMO_BUNDLE, held_out_phantoms, train_small_on_phantoms
-from dicom_node.training.evaluate import evaluate, localisation, predict_dataset
+from dicom_node.training.evaluate import evaluate, predict_dataset
 
 
 @pytest.mark.timeout(900)  # about half a minute alone on two cores; far longer beside other work

@@ -11,7 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from dicom_node.store.schema import Base, make_engine, upgrade_schema
+from dicom_node.store.database import make_engine, upgrade_schema
+from dicom_node.store.schema import Base
 
 
 def _upgrade(url: str) -> None:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dicom_node.cli import models
 from dicom_node.model.bundle import Bundle
-from dicom_node.training import evaluate as evaluate_cli
 from dicom_node.training.classification_metrics import (
     at_threshold,
     auroc,
@@ -32,8 +32,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
 def _run(*argv: str) -> int:
     parser = argparse.ArgumentParser()
-    evaluate_cli.configure_parser(parser)
-    return evaluate_cli.run(parser.parse_args(list(argv)))
+    models.configure_evaluate(parser)
+    return models.run_evaluate(parser.parse_args(list(argv)))
 
 
 def test_auroc_is_the_probability_a_positive_outranks_a_negative() -> None:

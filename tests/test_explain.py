@@ -11,6 +11,7 @@ import pytest
 import torch
 from monai.visualize.class_activation_maps import GradCAM
 
+from dicom_node.domain import Letterbox
 from dicom_node.model.bundle import Bundle, instantiate_network
 from dicom_node.model.explain import (
     CellGrid,
@@ -21,7 +22,7 @@ from dicom_node.model.explain import (
     upsample_maps,
 )
 from dicom_node.model.infer import Classifier
-from dicom_node.model.preprocess import Letterbox, to_model_input
+from dicom_node.model.preprocess import to_model_input
 from dicom_node.testing import tiny_bundle as make_tiny_bundle
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")

@@ -124,10 +124,10 @@ def test_reprocess_refuses_unknown_invalid_and_busy_studies(
 ) -> None:
     """Invalid UID, unknown study, a study still being received, a study whose job is queued:
     NodeError naming why; the CLI (with --config) prints it and exits 1."""
-    from dicom_node.node import open_database
+    from dicom_node.store.database import open_database
 
     settings = make_settings()
-    sessions = open_database(settings)
+    sessions = open_database(settings.database_url)
     with pytest.raises(NodeError, match="not a valid"):
         request_reprocess(sessions, "1.02.x")
     with pytest.raises(NodeError, match="not stored"):

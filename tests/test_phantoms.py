@@ -14,7 +14,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
 
-from dicom_node.synthetic import phantoms
 from dicom_node.synthetic.phantom_dicom import MANUFACTURER, phantom_dataset, write_study
 from dicom_node.synthetic.phantoms import LABELS, make_phantom
 from tests.dicom_validators import dciodvfy_report, require_tool
@@ -205,10 +204,3 @@ def test_write_study_writes_one_study(tmp_path: Path) -> None:
     assert [ds.ViewPosition for ds in datasets] == ["PA", "PA", "LL"]
     assert datasets[2].SeriesInstanceUID != datasets[0].SeriesInstanceUID
     assert datasets[2].PatientOrientation == ["P", "F"]
-
-
-def test_dicom_encoding_lives_in_phantom_dicom_and_old_imports_work() -> None:
-    """phantoms.py draws; phantom_dicom.py encodes; the old names still import from phantoms."""
-    assert phantoms.phantom_dataset is phantom_dataset and phantoms.write_study is write_study
-    assert phantoms.MANUFACTURER == MANUFACTURER
-    assert phantom_dataset.__module__ == "dicom_node.synthetic.phantom_dicom"

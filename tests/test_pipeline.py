@@ -4,6 +4,7 @@ analysed; every SR and SC passes dciodvfy; skips are explicit; the audit trail i
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from sqlalchemy import select
 
 from dicom_node.node import Node
 from dicom_node.store.jobs import wait_finished
-from dicom_node.store.schema import AuditEvent, Delivery, Instance, Result, Skip
+from dicom_node.store.schema import AuditEvent, Delivery, Instance, Job, Result, Skip, utcnow
 from dicom_node.testing import node_settings
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.dicom_validators import dciodvfy_errors
@@ -244,6 +245,38 @@ def test_study_without_eligible_image_is_skipped_and_still_reported(
     normality = evaluations.ContentSequence[0]
     assert normality.ConceptCodeSequence[0].CodeMeaning == "Normality Undetermined"
     assert "Study not analysed" in evaluations.ContentSequence[1].TextValue
+
+
+def test_job_whose_worker_died_at_every_attempt_is_failed_not_analysed_again(
+    node: Node, pacs: StoreSCP, tmp_path: Path
+) -> None:
+    """A stored study whose job has used up its attempts with a dead worker's lease (each claim
+    counts as an attempt): the worker fails it without analysing and audits the failure."""
+    study_uid = str(generate_uid())
+    paths = write_study(tmp_path, [chest_image(study_uid=study_uid)])
+    assert storescu(paths, port=node.port).returncode == 0
+    first = wait_finished(node.sessions, study_uid)
+    attempts = node.settings.max_job_attempts
+    with node.sessions.begin() as session:
+        job = Job(
+            study_instance_uid=study_uid,
+            state="running",
+            attempts=attempts,
+            lease_owner="a-dead-worker",
+            lease_expires_at=utcnow() - dt.timedelta(seconds=1),
+            created_at=utcnow(),
+        )
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    abandoned = wait_finished(node.sessions, study_uid, after=first.id)
+    assert (abandoned.id, abandoned.state) == (job_id, "failed")
+    assert f"abandoned after {attempts} attempt(s)" in (abandoned.detail or "")
+    with node.sessions() as session:
+        events = session.scalars(
+            select(AuditEvent.event_type).where(AuditEvent.job_id == job_id)
+        ).all()
+    assert events == ["job_failed"]  # never started again
 
 
 def test_audit_trail_shows_every_step_of_a_study(

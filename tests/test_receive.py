@@ -3,6 +3,7 @@ loopback: statuses, spool files, instance rows and audit events."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import time
 import warnings
@@ -137,10 +138,12 @@ def test_duplicate_sop_instance_is_idempotent(receiver: Node, study_uid: str) ->
 def test_unwritable_spool_gets_a700_and_nothing_is_recorded(
     make_settings: SettingsFactory, tmp_path: Path, study_uid: str
 ) -> None:
-    """When the spool cannot be written the sender gets 0xA700 (retry later), no row is made."""
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where the spool folder should be")
-    with Node(make_settings(spool_dir=blocker), workers=0) as node:
+    """When the spool cannot be written (here it became a file after start-up) the sender gets
+    0xA700 (retry later), and no row is made."""
+    spool = tmp_path / "spool"
+    with Node(make_settings(spool_dir=spool), workers=0) as node:
+        shutil.rmtree(spool)
+        spool.write_text("a file where the spool folder should be")
         assert _store_with_pynetdicom(node.port, chest_image(study_uid=study_uid)) == 0xA700
         with node.sessions() as session:
             assert session.scalars(select(Instance)).all() == []

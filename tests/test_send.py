@@ -16,16 +16,8 @@ from dicom_node.cli import main
 from dicom_node.dimse.scu import DimseSender
 from dicom_node.pipeline.deliver import deliver, failed_delivery_ids
 from dicom_node.settings import Destination
-from dicom_node.store.schema import (
-    AuditEvent,
-    Delivery,
-    Job,
-    Study,
-    make_engine,
-    make_session_factory,
-    upgrade_schema,
-    utcnow,
-)
+from dicom_node.store.database import make_engine, make_session_factory, upgrade_schema
+from dicom_node.store.schema import AuditEvent, Delivery, Job, Study, utcnow
 from tests.conftest import chest_image, write_study
 from tests.peers import StoreSCP
 

@@ -15,13 +15,14 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from dicom_node.cli import model_commands, models
 from dicom_node.model.bundle import METADATA, load_bundle
 from dicom_node.model.infer import Classifier
 from dicom_node.model.preprocess import InputSpec
-from dicom_node.training import train as train_cli
+from dicom_node.synthetic.samples import phantom_data
 from dicom_node.training.fit import FitConfig, FocalLoss, positive_weights, progress
 from dicom_node.training.samples import Shifted
-from dicom_node.training.trainer import TrainConfig, phantom_data, train
+from dicom_node.training.trainer import TrainConfig, train
 from structured_reports.codes import FINDING_CODES
 from tests.fake_data import write_chestxray14, write_dicom_folder
 
@@ -32,8 +33,8 @@ LABELS = ("Cardiomegaly", "Effusion", "Mass")
 
 def _run(*argv: str) -> int:
     parser = argparse.ArgumentParser()
-    train_cli.configure_parser(parser)
-    return train_cli.run(parser.parse_args(list(argv)))
+    models.configure_train(parser)
+    return models.run_train(parser.parse_args(list(argv)))
 
 
 def _check_bundle(out: Path, *, synthetic: bool, data_words: str) -> None:
@@ -95,10 +96,10 @@ def test_phantom_training_images_move_and_validation_images_do_not() -> None:
     torch.manual_seed(0)
     assert not torch.equal(data.train[0][0], data.train[0][0])
     parser = argparse.ArgumentParser()
-    train_cli.configure_parser(parser)
+    models.configure_train(parser)
     phantoms = ["--n-train", "4", "--n-val", "2", "--phantom-size", "64"]
     args = parser.parse_args(["--out", "x", "--synthetic", "--no-augment", *FAST, *phantoms])
-    still = train_cli.data_from(args, train_cli.config_from(args))
+    still = model_commands.data_from(args, model_commands.config_from(args))
     assert isinstance(still.train, TensorDataset) and still.params["shift_pixels"] == 0
 
 

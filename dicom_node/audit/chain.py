@@ -19,7 +19,8 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.errors import NodeError
-from dicom_node.store.schema import SQLITE_BEGIN, AuditCheckpoint, AuditEvent, AuditHead, utcnow
+from dicom_node.store.database import SQLITE_BEGIN
+from dicom_node.store.schema import AuditCheckpoint, AuditEvent, AuditHead, utcnow
 
 GENESIS = "0" * 64
 HEAD_ID = 1

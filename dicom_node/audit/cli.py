@@ -103,10 +103,10 @@ def _filters(args: argparse.Namespace) -> audit_export.AuditFilter:
 @contextlib.contextmanager
 def _open(args: argparse.Namespace) -> Iterator[tuple[Settings, sessionmaker[Session]]]:
     """Settings and the database for one command; the engine is disposed afterwards."""
-    from dicom_node.node import open_database
+    from dicom_node.store.database import open_database
 
     settings = load_settings(args.config)
-    sessions = open_database(settings)
+    sessions = open_database(settings.database_url)
     try:
         with forwarding(settings):
             yield settings, sessions

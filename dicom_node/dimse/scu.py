@@ -14,6 +14,7 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
 from dicom_node.settings import Destination
 
@@ -118,8 +119,17 @@ def _store(assoc: Association, ds: Dataset, attempt: int) -> SendOutcome:
     status = int(rsp.Status) if "Status" in rsp else None
     if status in STORED_STATUSES:
         return SendOutcome(sop_instance_uid=uid, ok=True, status=status, attempts=attempt)
-    error = "no response (timeout or abort)" if status is None else f"status 0x{status:04X}"
+    error = "no response (timeout or abort)" if status is None else describe_status(rsp)
     return SendOutcome(sop_instance_uid=uid, ok=False, status=status, attempts=attempt, error=error)
+
+
+def describe_status(rsp: Dataset) -> str:
+    """A C-STORE response's status in words: its meaning (PS3.4 Annex B) and the peer's Error
+    Comment, e.g. `status 0xA700 (Refused: Out of Resources): disk full`."""
+    status = int(rsp.Status)
+    meaning = STORAGE_SERVICE_CLASS_STATUS.get(status, ("", "unknown status"))[1]
+    comment = str(rsp.get("ErrorComment", "") or "").strip()
+    return f"status 0x{status:04X} ({meaning})" + (f": {comment}" if comment else "")
 
 
 def _failed(ds: Dataset, attempt: int, error: str) -> SendOutcome:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,6 @@ import torch
 
 from dicom_node.model.bundle import SECTION, code_entry
 from dicom_node.model.preprocess import InputSpec
-from dicom_node.training.classification_metrics import json_safe
 
 MONAI_SCHEMA = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
@@ -140,3 +140,14 @@ def license_text(card: Card) -> str:
         "WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.\n\n"
         f"{data} NOT FOR CLINICAL USE.\n"
     )
+
+
+def json_safe(value: Any) -> Any:
+    """NaN (an undefined metric) becomes null, so the JSON stays strict."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

@@ -24,9 +24,9 @@ import numpy.typing as npt
 import torch
 from pydicom import dcmread
 
+from dicom_node.domain import Letterbox
 from dicom_node.model.preprocess import (
     InputSpec,
-    Letterbox,
     PreprocessError,
     display_uint8,
     prepare,

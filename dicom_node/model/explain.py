@@ -14,8 +14,9 @@ import numpy.typing as npt
 import torch
 from monai.visualize.class_activation_maps import GradCAM
 
+from dicom_node.domain import Letterbox
 from dicom_node.model.infer import Classifier
-from dicom_node.model.preprocess import Letterbox, resize
+from dicom_node.model.preprocess import resize
 
 TARGET_LAYER = "class_layers.relu"
 Map = npt.NDArray[np.float32]

@@ -16,6 +16,8 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID
 
+from dicom_node.domain import Letterbox
+
 Image32 = npt.NDArray[np.float32]
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
@@ -27,28 +29,6 @@ class PreprocessError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Letterbox:
-    """How a display image was placed into the square model input.
-
-    The image was scaled by `scale` to `height` x `width` pixels and pasted at (`pad_top`,
-    `pad_left`) into a `size` x `size` canvas; the rest is padding.
-    """
-
-    scale: float
-    pad_top: int
-    pad_left: int
-    height: int
-    width: int
-    size: int
-
-    def __post_init__(self) -> None:
-        inside = self.pad_top >= 0 and self.pad_top + self.height <= self.size
-        inside = inside and self.pad_left >= 0 and self.pad_left + self.width <= self.size
-        if not (inside and self.height > 0 and self.width > 0 and self.scale > 0):
-            raise ValueError(f"inconsistent letterbox {self}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

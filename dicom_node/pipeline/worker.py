@@ -10,6 +10,7 @@ import threading
 
 from dicom_node import audit
 from dicom_node.audit import Event, Outcome
+from dicom_node.log import bound
 from dicom_node.pipeline.assemble import promote_ready_studies
 from dicom_node.pipeline.run import Services, run_study
 from dicom_node.store import jobs
@@ -47,18 +48,28 @@ class Worker:
         """Promote ready studies and run at most one job; True when a job ran."""
         settings = self.ctx.settings
         promote_ready_studies(self.ctx.sessions, settings.quiet_seconds)
-        job = jobs.claim(
-            self.ctx.sessions,
-            self.name,
-            lease_seconds=settings.lease_seconds,
-            max_attempts=settings.max_job_attempts,
-        )
+        job = jobs.claim(self.ctx.sessions, self.name, lease_seconds=settings.lease_seconds)
         if job is None:
             return False
-        self.process(job)
+        if job.attempt > settings.max_job_attempts:
+            self.abandon(job)
+        else:
+            self.process(job)
         return True
 
+    def abandon(self, job: ClaimedJob) -> None:
+        """A job whose every attempt ended without an outcome (its worker died each time): it is
+        not analysed again, it is recorded as failed."""
+        detail = f"abandoned after {job.attempt - 1} attempt(s); the worker died each time?"
+        self._record_end(job, "failed", detail)
+        log.error("job %d failed: %s", job.id, detail)
+
     def process(self, job: ClaimedJob) -> None:
+        """Run the pipeline on the claimed job, renewing its lease meanwhile; record the end."""
+        with bound(job=job.id, study=job.study_instance_uid):
+            self._process(job)
+
+    def _process(self, job: ClaimedJob) -> None:
         self._record_start(job)
         done = threading.Event()
         heartbeat = threading.Thread(target=self._renew, args=(job, done), daemon=True)

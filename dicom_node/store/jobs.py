@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import audit
-from dicom_node.audit import Event, Outcome
 from dicom_node.store.schema import Job, utcnow
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ClaimedJob:
+    """A job this worker holds the lease of; `attempt` counts this claim (1 for the first)."""
+
     id: int
     study_instance_uid: str
     attempt: int
@@ -28,23 +28,17 @@ def _claimable(now: dt.datetime) -> object:
 
 
 def claim(
-    sessions: sessionmaker[Session], worker: str, *, lease_seconds: float, max_attempts: int
+    sessions: sessionmaker[Session], worker: str, *, lease_seconds: float
 ) -> ClaimedJob | None:
-    """Take the oldest claimable job, or None. Jobs past `max_attempts` are failed instead."""
+    """Take the oldest claimable job with a lease, or None. The claim counts as an attempt; the
+    caller decides what a job past its last attempt gets (`ClaimedJob.attempt`)."""
     now = utcnow()
     with sessions() as session:
         ids = session.scalars(
             select(Job.id).where(_claimable(now)).order_by(Job.id).limit(8)  # type: ignore[arg-type]
         ).all()
     for job_id in ids:
-        claimed = _try_claim(
-            sessions,
-            job_id,
-            worker,
-            now=now,
-            lease_seconds=lease_seconds,
-            max_attempts=max_attempts,
-        )
+        claimed = _try_claim(sessions, job_id, worker, now=now, lease_seconds=lease_seconds)
         if claimed is not None:
             return claimed
     return None
@@ -57,14 +51,10 @@ def _try_claim(
     *,
     now: dt.datetime,
     lease_seconds: float,
-    max_attempts: int,
 ) -> ClaimedJob | None:
     with sessions.begin() as session:
         job = session.get(Job, job_id)
         if job is None:
-            return None
-        if job.attempts >= max_attempts:
-            _give_up(session, job, now)
             return None
         attempt, study = job.attempts + 1, job.study_instance_uid
         result = session.execute(
@@ -81,23 +71,6 @@ def _try_claim(
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return None  # another worker was faster
         return ClaimedJob(id=job_id, study_instance_uid=study, attempt=attempt)
-
-
-def _give_up(session: Session, job: Job, now: dt.datetime) -> None:
-    claimed = session.execute(
-        update(Job)
-        .where(Job.id == job.id, _claimable(now))  # type: ignore[arg-type]
-        .values(state="failed", finished_at=now, detail="lease expired too often; worker crashed?")
-    )
-    if claimed.rowcount == 1:  # type: ignore[attr-defined]
-        audit.record(
-            session,
-            Event.JOB_FAILED,
-            Outcome.FAILURE,
-            study_instance_uid=job.study_instance_uid,
-            job_id=job.id,
-            detail=f"abandoned after {job.attempts} attempt(s)",
-        )
 
 
 def renew(sessions: sessionmaker[Session], job_id: int, worker: str, lease_seconds: float) -> bool:

@@ -1,13 +1,11 @@
-"""Durable state in SQL: instances, studies, jobs, results, reports, deliveries, audit trail.
+"""The SQL schema: instances, studies, jobs, results, reports, deliveries, the audit trail.
 
-SQLite (a file) by default, PostgreSQL by URL; the schema is managed by Alembic
-(`dicom_node/migrations`). One engine per process, one session per unit of work.
+Managed by Alembic (`dicom_node/store/migrations`); the engine is made in `database`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -22,12 +20,8 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
-    create_engine,
-    event,
-    text,
 )
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 UID = String(64)
 AE = String(16)
@@ -254,66 +248,3 @@ class AuditCheckpoint(Base):
     last_hash: Mapped[str] = mapped_column(String(64))
     purged_rows: Mapped[int] = mapped_column(BigInteger)
     cutoff: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on disk before the C-STORE is acknowledged (nothing acknowledged is lost).
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-    # SQLAlchemy emits BEGIN itself (`_sqlite_begin`), so pysqlite must not.
-    dbapi_connection.isolation_level = None
-
-
-SQLITE_BEGIN = "sqlite_begin"
-
-
-def _sqlite_begin(connection: Connection) -> None:
-    """Start SQLite transactions with BEGIN IMMEDIATE: the write lock is taken at the start, so a
-    transaction that reads and then writes (the audit chain always does) waits its turn instead of
-    failing with SQLITE_BUSY on the lock upgrade. Long read-only work (audit export) may ask for
-    a deferred transaction with `execution_options(sqlite_begin="DEFERRED")`."""
-    mode = connection.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE")
-    if mode not in {"IMMEDIATE", "DEFERRED", "EXCLUSIVE"}:
-        raise ValueError(f"unknown SQLite transaction mode {mode!r}")
-    connection.exec_driver_sql(f"BEGIN {mode}")
-
-
-def make_engine(url: str) -> Engine:
-    """One engine per process. SQLite files get WAL, full sync and a busy timeout."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    return create_engine(url, pool_pre_ping=True)
-
-
-def make_session_factory(engine: Engine) -> sessionmaker[Any]:
-    return sessionmaker(engine, expire_on_commit=False)
-
-
-MIGRATION_LOCK = 0x44434D4E  # "DCMN": the advisory lock key of schema migrations
-
-
-def upgrade_schema(engine: Engine) -> None:
-    """Bring the database to the newest Alembic revision (idempotent).
-
-    Processes starting together (`serve` and `work`) must not migrate at once: on PostgreSQL a
-    transaction-scoped advisory lock serialises them (the DDL is transactional, so the second
-    process then finds the schema at head); on SQLite the write lock taken by BEGIN IMMEDIATE does.
-    """
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")

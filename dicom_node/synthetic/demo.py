@@ -22,7 +22,8 @@ from dicom_node.settings import Destination, load_settings
 from dicom_node.store.jobs import wait_finished
 from dicom_node.store.schema import AuditEvent, Result, Skip
 from dicom_node.store.spool import write_atomic
-from dicom_node.synthetic.phantoms import make_phantom, phantom_dataset
+from dicom_node.synthetic.phantom_dicom import phantom_dataset
+from dicom_node.synthetic.phantoms import make_phantom
 
 DEMO_FINDINGS = ("Cardiomegaly", "Effusion")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,11 +18,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-if TYPE_CHECKING:
-    from dicom_node.synthetic.phantoms import Phantom
-
-Image32 = npt.NDArray[np.float32]
-Array = npt.NDArray[np.floating[Any]]
+from dicom_node.synthetic.canvas import Array, Image32
+from dicom_node.synthetic.phantoms import Phantom, make_phantom, random_findings
 
 MANUFACTURER = "dicom-node phantom"
 _FIELD_OF_VIEW_MM = 430.0  # a 43 cm detector, as in most chest radiography
@@ -232,11 +228,6 @@ def write_study(
     Files are named by position (`image-001.dcm`, ...), never by UID. Without `findings`, each
     PA image gets random findings. The lateral is a phantom labelled LL, for view selection.
     """
-    from dicom_node.synthetic.phantoms import (  # drawing imports this module
-        make_phantom,
-        random_findings,
-    )
-
     if n_images < 1:
         raise ValueError("a study needs at least one image")
     folder.mkdir(parents=True, exist_ok=True)

@@ -90,14 +90,3 @@ def mean_auroc(per_label: dict[str, dict[str, float]]) -> float:
     """Mean of the defined per-label AUROCs (NaN when none is defined)."""
     values = [m["auroc"] for m in per_label.values() if not math.isnan(m["auroc"])]
     return float(np.mean(values)) if values else math.nan
-
-
-def json_safe(value: Any) -> Any:
-    """NaN (an undefined metric) becomes null, so the JSON stays strict."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value

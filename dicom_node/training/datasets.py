@@ -12,13 +12,29 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 
-from dicom_node.synthetic.phantoms import LABELS
-
 log = logging.getLogger(__name__)
 
 CXR14_ENTRY = "Data_Entry_2017.csv"
 CXR14_TRAIN_VAL = "train_val_list.txt"
 CXR14_TEST = "test_list.txt"
+# The 14 findings of NIH ChestX-ray14, in the order of its label file's columns.
+CXR14_LABELS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+
 DICOM_LABELS_CSV = "labels.csv"
 NO_FINDING = "No Finding"
 SPLITS = ("train", "val", "test")
@@ -62,7 +78,7 @@ class Split:
 def parse_findings(text: str, where: str) -> frozenset[str]:
     """NIH 'Finding Labels' ('Effusion|Mass', 'No Finding' or empty) as a set of labels."""
     found = {part.strip() for part in text.split("|") if part.strip()} - {NO_FINDING}
-    unknown = found - set(LABELS)
+    unknown = found - set(CXR14_LABELS)
     if unknown:
         raise DatasetError(f"{where}: unknown finding label(s) {sorted(unknown)}")
     return frozenset(found)
@@ -156,7 +172,7 @@ def _row_findings(row: Mapping[str, str], where: str) -> frozenset[str]:
         if column in row:
             return parse_findings(row[column] or "", where)
     present = set()
-    for label in LABELS:
+    for label in CXR14_LABELS:
         value = (row.get(label) or "0").strip()
         if value not in ("0", "1"):
             raise DatasetError(f"{where}: column {label!r} must be 0 or 1, not {value!r}")

@@ -6,12 +6,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from dicom_node.model.preprocess import InputSpec, Letterbox, prepare, read_display
-from dicom_node.synthetic.phantoms import LABELS, Phantom, make_phantom, random_findings
+from dicom_node.model.preprocess import InputSpec, prepare, read_display
 from dicom_node.training.datasets import Record
 
 Sample = tuple[torch.Tensor, torch.Tensor]
@@ -113,44 +111,6 @@ class RecordDataset(Dataset[Sample]):
         return torch.tensor([r.target(self.labels) for r in self.records]).reshape(
             len(self.records), len(self.labels)
         )
-
-
-class PhantomDataset(Dataset[Sample]):
-    """Phantom i is a pure function of (seed, i): any order or subset gives the same samples."""
-
-    def __init__(
-        self,
-        *,
-        seed: int,
-        n: int,
-        spec: InputSpec,
-        phantom_size: int,
-        prevalence: float = 0.15,
-        labels: Sequence[str] = LABELS,
-    ) -> None:
-        self.seed, self.n, self.spec = seed, n, spec
-        self.phantom_size, self.prevalence, self.labels = phantom_size, prevalence, tuple(labels)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def phantom(self, index: int) -> Phantom:
-        """The phantom behind sample `index` (with its findings' boxes)."""
-        if not 0 <= index < self.n:
-            raise IndexError(index)
-        rng = np.random.default_rng([self.seed, index])
-        findings = random_findings(rng, prevalence=self.prevalence, labels=self.labels)
-        size = (self.phantom_size, self.phantom_size)
-        return make_phantom(rng, findings=findings, size=size)
-
-    def prepared(self, index: int) -> tuple[Phantom, torch.Tensor, Letterbox]:
-        phantom = self.phantom(index)
-        x, box = prepare(phantom.image, self.spec)
-        return phantom, x, box
-
-    def __getitem__(self, index: int) -> Sample:
-        phantom, x, _ = self.prepared(index)
-        return x, torch.tensor([float(label in phantom.findings) for label in self.labels])
 
 
 def materialise(dataset: Dataset[Sample], n: int) -> TensorDataset:

@@ -19,16 +19,12 @@ from dicom_node.model.preprocess import InputSpec
 from dicom_node.training.classification_metrics import label_metrics
 from dicom_node.training.datasets import Split
 from dicom_node.training.fit import EpochReport, FitConfig, FitResult, fit, positive_weights
-from dicom_node.training.samples import Augment, PhantomDataset, RecordDataset, Shifted, materialise
+from dicom_node.training.samples import Augment, RecordDataset
 from dicom_node.training.tracking import Mode, Tracker, open_tracker
 
 log = logging.getLogger(__name__)
 
 MEAN, STD = 0.5, 0.25  # intensity normalisation of display images in [0, 1]
-# Phantoms move by up to this fraction of the input side while training (Shifted): positioning
-# and collimation vary about this much in clinical films, and the phantoms barely move by
-# themselves. A sixth of the side gave the best-placed Grad-CAM peaks (bench/RESULTS.md).
-PHANTOM_SHIFT = 1 / 6
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -69,50 +65,6 @@ class TrainOutcome:
 
 
 # ---- data ---------------------------------------------------------------------------------------
-
-
-def phantom_data(
-    *,
-    seed: int,
-    n_train: int,
-    n_val: int,
-    spec: InputSpec,
-    labels: tuple[str, ...],
-    phantom_size: int = 256,
-    prevalence: float = 0.15,
-    shift: float = PHANTOM_SHIFT,
-) -> TrainingData:
-    """Phantoms from seed (training) and seed + 1000003 (validation), generated in memory; the
-    training images move by up to `shift` of the input side (Shifted), validation ones do not."""
-    train, val = (
-        materialise(
-            PhantomDataset(
-                seed=s,
-                n=n,
-                spec=spec,
-                phantom_size=phantom_size,
-                prevalence=prevalence,
-                labels=labels,
-            ),
-            n,
-        )
-        for s, n in ((seed, n_train), (seed + 1_000_003, n_val))
-    )
-    shift_pixels = round(shift * spec.size)
-    moved = f"; training images shifted by up to {shift_pixels} px" if shift_pixels else ""
-    description = (
-        "synthetic chest phantoms (dicom_node.synthetic.phantoms), independent findings; "
-        f"{n_train} training and {n_val} validation images, seed {seed}{moved}"
-    )
-    params = {"n_train": n_train, "n_val": n_val, "phantom_size": phantom_size}
-    return TrainingData(
-        train=Shifted(train, shift_pixels) if shift_pixels else train,
-        val=val,
-        targets=train.tensors[1],
-        description=description,
-        synthetic=True,
-        params={**params, "prevalence": prevalence, "shift_pixels": shift_pixels},
-    )
 
 
 def file_data(

@@ -1,0 +1,114 @@
+"""`dicom-node train` and `dicom-node evaluate`: their arguments (importing no torch, so that
+`dicom-node --help` stays fast) and the commands, which run in `model_commands`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dicom_node.training.datasets import CXR14_LABELS
+
+DEFAULT_VERSION = "0.1.0"
+NETWORKS = ("DenseNet121", "DenseNet169", "DenseNet201", "DenseNet")
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    labels = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [label for label in labels if label not in CXR14_LABELS]
+    if unknown or not labels:
+        known = ", ".join(CXR14_LABELS)
+        raise argparse.ArgumentTypeError(f"unknown labels {unknown}; known: {known}")
+    return labels
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--synthetic", action="store_true", help="train on generated phantoms")
+    source.add_argument(
+        "--data", type=Path, help="ChestX-ray14 root (Data_Entry_2017.csv) or a DICOM folder"
+    )
+    parser.add_argument("--labels-csv", type=Path, help="labels of a DICOM folder (labels.csv)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="patients for validation")
+    parser.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="no augmentation (files: rotation, scale, shift, intensity; phantoms: shifts)",
+    )
+    parser.add_argument("--n-train", type=int, default=2000, help="phantoms for training")
+    parser.add_argument("--n-val", type=int, default=500, help="phantoms for validation")
+    parser.add_argument("--phantom-size", type=int, default=256, help="phantom side, pixels")
+    parser.add_argument("--prevalence", type=float, default=0.15, help="chance of each finding")
+    parser.add_argument(
+        "--labels", type=_labels, default=CXR14_LABELS, help="comma-separated subset"
+    )
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-size", type=int, default=128, help="model input side, pixels")
+    parser.add_argument("--network", choices=NETWORKS, default="DenseNet121")
+    parser.add_argument("--init-features", type=int, help="DenseNet initial features")
+    parser.add_argument("--growth-rate", type=int, help="DenseNet growth rate")
+    parser.add_argument("--block-config", type=_ints, help="layers per block (DenseNet only)")
+    parser.add_argument(
+        "--name", help="bundle name (default: the data's, e.g. phantoms-densenet121)"
+    )
+    parser.add_argument("--version", default=DEFAULT_VERSION)
+
+
+def _loop_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    parser.add_argument("--loss", choices=("weighted-bce", "focal"), default="weighted-bce")
+    parser.add_argument("--focal-gamma", type=float, default=2.0)
+    parser.add_argument("--weight-cap", type=float, default=10.0, help="largest pos_weight")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--mlflow", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--experiment", default="dicom-node", help="MLflow experiment name")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
+
+
+def configure_train(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `dicom-node train`."""
+    parser.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    _data_arguments(parser)
+    _model_arguments(parser)
+    _loop_arguments(parser)
+
+
+def configure_evaluate(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `dicom-node evaluate`."""
+    parser.add_argument("bundle", type=Path, help="bundle folder (models/<name>)")
+    parser.add_argument("data", type=Path, nargs="?", help="ChestX-ray14 root or DICOM folder")
+    parser.add_argument("--labels-csv", type=Path, help="labels of a DICOM folder (labels.csv)")
+    parser.add_argument("--split", choices=("test", "val", "train", "all"), default="test")
+    parser.add_argument("--synthetic", type=int, metavar="N", help="N fresh phantoms instead")
+    parser.add_argument("--seed", type=int, default=0, help="phantom seed; also the val split")
+    parser.add_argument("--phantom-size", type=int, default=256)
+    parser.add_argument("--prevalence", type=float, default=0.15)
+    parser.add_argument("--localisation", action="store_true", help="phantoms: Grad-CAM hits")
+    parser.add_argument("--out", type=Path, default=Path("."), help="evaluation.json, roc.png")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run `dicom-node train`; returns the exit status."""
+    from dicom_node.cli.model_commands import train_command
+
+    return train_command(args)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run `dicom-node evaluate`; returns the exit status."""
+    from dicom_node.cli.model_commands import evaluate_command
+
+    return evaluate_command(args)

@@ -1,0 +1,98 @@
+"""The node's own commands: `serve`, `work`, `retry`, `reprocess` and `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from dicom_node.log import configure_logging
+from dicom_node.settings import Settings, load_settings
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The settings `--config` and the environment give, with logging configured from them."""
+    settings = load_settings(args.config)
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Receive and analyse until SIGINT or SIGTERM."""
+    from dicom_node.node import Node
+
+    with Node(settings_of(args)):
+        _wait_for_signal()
+    return 0
+
+
+def cmd_work(args: argparse.Namespace) -> int:
+    """Analyse (no receiving) until SIGINT or SIGTERM; at least one worker."""
+    from dicom_node.node import Node
+
+    settings = settings_of(args)
+    with Node(settings, receive=False, workers=max(1, settings.workers)):
+        _wait_for_signal()
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Send the failed result deliveries again; exit status 0 when none is left failed."""
+    from dicom_node.node import connect_database, default_sender
+    from dicom_node.pipeline.deliver import deliver, failed_delivery_ids
+
+    settings = settings_of(args)
+    sessions = connect_database(settings.database_url)
+    ids = failed_delivery_ids(sessions)
+    if not ids:
+        print("no failed deliveries")
+        return 0
+    sent, failed = deliver(sessions, default_sender(settings), ids, model=None)
+    print(f"retried {len(ids)} delivery(ies): {sent} sent, {failed} still failed")
+    return 0 if failed == 0 else 1
+
+
+def configure_reprocess(parser: argparse.ArgumentParser) -> None:
+    """The study and the settings."""
+    from dicom_node.cli import add_config
+
+    parser.add_argument("study_uid", metavar="STUDY_UID", help="Study Instance UID")
+    add_config(parser)
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    """Queue the study for a worker (no model is loaded here)."""
+    from dicom_node.node import connect_database
+    from dicom_node.pipeline.reprocess import request_reprocess
+
+    settings = settings_of(args)
+    job_id = request_reprocess(connect_database(settings.database_url), args.study_uid)
+    print(
+        f"study {args.study_uid}: job {job_id} queued; a worker (serve or work) analyses it and "
+        "sends the results again"
+    )
+    return 0
+
+
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    """Where the demo keeps its files, and its phantoms' seed."""
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("var/demo"), help="folder of the demo (replaced)"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic study")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole loop on a synthetic study."""
+    from dicom_node.synthetic.demo import run_demo
+
+    configure_logging("WARNING")
+    return run_demo(args.workdir, seed=args.seed)
