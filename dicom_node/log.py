@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -101,11 +101,6 @@ def bound(**context: object) -> Iterator[None]:
         reset_contextvars(**tokens)
 
 
-def bind(**context: object) -> Mapping[str, Any]:
-    """Bind `context` for the rest of this thread's unit of work (see `unbind`)."""
-    return bind_contextvars(**context)
-
-
-def unbind(tokens: Mapping[str, Any]) -> None:
-    """Undo a `bind`."""
-    reset_contextvars(**tokens)
+def bind(**context: object) -> None:
+    """Bind `context` for the rest of this thread (an association's thread ends with it)."""
+    bind_contextvars(**context)

@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 
 from dicom_node.settings import Settings
 from dicom_node.testing import node_settings
+from tests.postgres import PostgresCluster
 
 if TYPE_CHECKING:
     from dicom_node.node import Node
@@ -82,24 +83,32 @@ def study_uid() -> str:
 
 # ---- PostgreSQL ------------------------------------------------------------------------------
 
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL server for the session (tests/postgres.py), never a server that
+    was running before."""
+    try:
+        cluster = PostgresCluster()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    with cluster:
+        yield cluster
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the local PostgreSQL (trust auth, user postgres), dropped afterwards."""
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A fresh database on the session's throwaway server (trust auth, user postgres), dropped
+    afterwards."""
     import uuid
 
     from sqlalchemy import create_engine, text
 
     name = f"dicom_node_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # the server is part of this machine; say clearly when it is not
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not usable: {exc}")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    admin = create_engine(postgres_cluster.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield postgres_cluster.url(name)
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()

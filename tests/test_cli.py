@@ -28,6 +28,7 @@ from tests.peers import StoreSCP, free_port, wait_for_port
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 DICOM_NODE = [sys.executable, "-m", "dicom_node.cli"]
+PATIENT_NAME, PATIENT_ID, BIRTH_DATE = "Quimby^Zephyrine", "ZX-5521-PID", "19230417"
 
 
 def _start(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -43,10 +44,11 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
 
 
 def test_serve_and_separate_work_process_share_postgres(postgres_url: str, tmp_path: Path) -> None:
-    """`serve` (receive only) and `work` (analysis) run as two processes on one PostgreSQL
-    database; a study pushed with `dicom-node send` is analysed by the worker process and its
-    SR and SC reach DCMTK storescp; SIGTERM stops both with node_stop audited; neither process
-    logs the patient's name or ID."""
+    """`serve` (receive only, text log) and `work` (analysis, JSON log) run as two processes on
+    one PostgreSQL database; a study pushed with `dicom-node send` (a third process) is analysed
+    by the worker process and its SR and SC reach DCMTK storescp; SIGTERM stops both with
+    node_stop audited. The work process's lines carry the job and study bound to them; none of
+    the three processes logs the patient's name, ID or birth date, even at DEBUG."""
     port = free_port()
     with StoreSCP(tmp_path / "pacs", aet="PACS") as pacs:
         env = {
@@ -64,14 +66,25 @@ def test_serve_and_separate_work_process_share_postgres(postgres_url: str, tmp_p
             ),
         }
         serve = _start("serve", {**env, "DICOM_NODE_WORKERS": "0"}, tmp_path / "serve.log")
-        work = _start("work", env, tmp_path / "work.log")
+        work = _start("work", {**env, "DICOM_NODE_LOG_FORMAT": "json"}, tmp_path / "work.log")
         try:
             wait_for_port(port, timeout=60)
             assert main(["echo", "--port", str(port), "--aet", "DICOMNODE"]) == 0
             study_uid = str(generate_uid())
             folder = tmp_path / "study"
-            write_study(folder, [chest_image(study_uid=study_uid)])
-            assert main(["send", "--port", str(port), "--aet", "DICOMNODE", str(folder)]) == 0
+            image = chest_image(study_uid=study_uid)
+            image.PatientName, image.PatientID = PATIENT_NAME, PATIENT_ID
+            image.PatientBirthDate = BIRTH_DATE
+            write_study(folder, [image])
+            send = subprocess.run(
+                [*DICOM_NODE, "send", "--port", str(port), "--aet", "DICOMNODE", str(folder)],
+                env={**env, "DICOM_NODE_LOG_LEVEL": "DEBUG"},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert send.returncode == 0, send.stderr
             watcher = create_engine(postgres_url)
             job = wait_finished(make_session_factory(watcher), study_uid, timeout=90)
             watcher.dispose()
@@ -87,9 +100,13 @@ def test_serve_and_separate_work_process_share_postgres(postgres_url: str, tmp_p
         kinds = session.scalars(select(AuditEvent.event_type)).all()
     engine.dispose()
     assert kinds.count("node_start") == 2 and kinds.count("node_stop") == 2
+    work_lines = [json.loads(line) for line in (tmp_path / "work.log").read_text().splitlines()]
+    finished = [line for line in work_lines if line.get("job") == job.id]
+    assert finished and all(line["study"] == study_uid for line in finished)
     logs = (tmp_path / "serve.log").read_text() + (tmp_path / "work.log").read_text()
-    assert "job" in logs  # the processes did log (at DEBUG) ...
-    for secret in ("TEST-PID-4711", "Testperson", "Secret"):
+    logs += send.stdout + send.stderr
+    assert "instance stored" in logs  # the processes did log (at DEBUG) ...
+    for secret in ("Quimby", "Zephyrine", PATIENT_ID, BIRTH_DATE, "1923-04-17"):
         assert secret not in logs  # ... but never patient data
 
 

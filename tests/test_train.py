@@ -65,6 +65,24 @@ def test_train_on_chestxray14_layout(tmp_path: Path) -> None:
         == 0
     )
     _check_bundle(out, synthetic=False, data_words="ChestX-ray14")
+    assert load_bundle(out).identity.name == "cxr-densenet121"  # named after its data
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["--synthetic"], "phantoms-densenet121"),
+        (["--data", "/data/ChestX-ray14"], "chestx-ray14-densenet121"),
+        (["--data", "/data/site_A", "--network", "DenseNet169"], "site-a-densenet169"),
+        (["--synthetic", "--name", "cxr14-densenet121-demo"], "cxr14-densenet121-demo"),
+    ],
+)
+def test_bundle_is_named_after_its_data_unless_named(argv: list[str], name: str) -> None:
+    """Without --name a bundle is named after its data and network, never after the demo."""
+    parser = argparse.ArgumentParser()
+    models.configure_train(parser)
+    args = parser.parse_args(["--out", "b", *argv])
+    assert model_commands.bundle_name(args) == name
 
 
 def test_train_on_dicom_folder_with_focal_loss(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.errors import NodeError
@@ -241,10 +241,6 @@ def _check_head(state: Walk, head_seq: int, head_hash: str) -> None:
         )
     elif state.row_hash != head_hash and not state.problems:
         state.flag("altered", state.seq, None, f"row {state.seq} does not match the head's hash")
-
-
-def chain_length(session: Session) -> int:
-    return int(session.scalar(select(func.count()).select_from(AuditEvent)) or 0)
 
 
 def reading(sessions: sessionmaker[Session]) -> Session:

@@ -49,28 +49,40 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=128, help="model input side, pixels")
-    parser.add_argument("--network", choices=NETWORKS, default="DenseNet121")
+    parser.add_argument(
+        "--network", choices=NETWORKS, default="DenseNet121", help="MONAI DenseNet variant"
+    )
     parser.add_argument("--init-features", type=int, help="DenseNet initial features")
     parser.add_argument("--growth-rate", type=int, help="DenseNet growth rate")
     parser.add_argument("--block-config", type=_ints, help="layers per block (DenseNet only)")
     parser.add_argument(
         "--name", help="bundle name (default: the data's, e.g. phantoms-densenet121)"
     )
-    parser.add_argument("--version", default=DEFAULT_VERSION)
+    parser.add_argument("--version", default=DEFAULT_VERSION, help="bundle version")
 
 
 def _loop_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0, help="seed of data split, phantoms, weights")
+    parser.add_argument("--epochs", type=int, default=6, help="passes over the training data")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    parser.add_argument("--loss", choices=("weighted-bce", "focal"), default="weighted-bce")
-    parser.add_argument("--focal-gamma", type=float, default=2.0)
+    parser.add_argument(
+        "--loss",
+        choices=("weighted-bce", "focal"),
+        default="weighted-bce",
+        help="class-weighted binary cross-entropy or focal loss",
+    )
+    parser.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma")
     parser.add_argument("--weight-cap", type=float, default=10.0, help="largest pos_weight")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    parser.add_argument("--mlflow", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument(
+        "--mlflow",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="log to MLflow (auto: when installed)",
+    )
     parser.add_argument("--experiment", default="dicom-node", help="MLflow experiment name")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
 
@@ -88,15 +100,22 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="bundle folder (models/<name>)")
     parser.add_argument("data", type=Path, nargs="?", help="ChestX-ray14 root or DICOM folder")
     parser.add_argument("--labels-csv", type=Path, help="labels of a DICOM folder (labels.csv)")
-    parser.add_argument("--split", choices=("test", "val", "train", "all"), default="test")
+    parser.add_argument(
+        "--split",
+        choices=("test", "val", "train", "all"),
+        default="test",
+        help="which part of the data set to score",
+    )
     parser.add_argument("--synthetic", type=int, metavar="N", help="N fresh phantoms instead")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed; also the val split")
-    parser.add_argument("--phantom-size", type=int, default=256)
-    parser.add_argument("--prevalence", type=float, default=0.15)
+    parser.add_argument("--phantom-size", type=int, default=256, help="phantom side, pixels")
+    parser.add_argument(
+        "--prevalence", type=float, default=0.15, help="chance of each finding (phantoms)"
+    )
     parser.add_argument("--localisation", action="store_true", help="phantoms: Grad-CAM hits")
     parser.add_argument("--out", type=Path, default=Path("."), help="evaluation.json, roc.png")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
 
 

@@ -18,19 +18,22 @@ def settings_of(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, installed before start-up so that a signal during it
+    still ends in a clean stop."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    return stop
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Receive and analyse until SIGINT or SIGTERM."""
     from dicom_node.node import Node
 
+    stop = _stop_on_signal()
     with Node(settings_of(args)):
-        _wait_for_signal()
+        stop.wait()
     return 0
 
 
@@ -38,9 +41,10 @@ def cmd_work(args: argparse.Namespace) -> int:
     """Analyse (no receiving) until SIGINT or SIGTERM; at least one worker."""
     from dicom_node.node import Node
 
+    stop = _stop_on_signal()
     settings = settings_of(args)
     with Node(settings, receive=False, workers=max(1, settings.workers)):
-        _wait_for_signal()
+        stop.wait()
     return 0
 
 

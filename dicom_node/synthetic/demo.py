@@ -104,12 +104,16 @@ def run_demo(workdir: Path, *, seed: int = 7, timeout: float = 180.0) -> int:
             push = DimseSender(ae_title="MODALITY", attempts=1).send(
                 Destination(ae_title=settings.ae_title, host="127.0.0.1", port=node.port), study
             )
-            print(f"pushed {sum(o.ok for o in push)}/{len(study)} image(s) by C-STORE")
+            print(
+                f"pushed {sum(o.ok for o in push)}/{len(study)} image(s) by C-STORE from "
+                f"{study[0].parent}/ (a synthetic PA with findings and a lateral)"
+            )
             started = time.monotonic()
             study_uid = str(dcmread(study[0], stop_before_pixels=True).StudyInstanceUID)
             job = wait_finished(node.sessions, study_uid, timeout=timeout)
             print(f"job {job.id} {job.state} in {time.monotonic() - started:.1f} s: {job.detail}")
             _report(node, pacs, job.id)
+            _next_steps(workdir, pacs)
             return 0 if job.state == "done" else 1
     finally:
         pacs.close()
@@ -134,3 +138,16 @@ def _report(node: Node, pacs: LocalPacs, job_id: int) -> None:
     for path in pacs.received():
         print(f"  {path}")
     print(f"\naudit trail: {len(events)} events: " + ", ".join(e.event_type for e in events))
+
+
+def _next_steps(workdir: Path, pacs: LocalPacs) -> None:
+    srs = [p for p in pacs.received() if dcmread(p, stop_before_pixels=True).Modality == "SR"]
+    print("\nwhat to try next:")
+    if srs:
+        print(f"  dsrdump {srs[0]}                 # the SR's content tree (DCMTK)")
+    print("  .venv/bin/dicom-node serve --config config/dicom-node.toml   # a node of your own")
+    print(
+        f"  .venv/bin/dicom-node send --port 11112 --aet DICOMNODE {workdir / 'study'}"
+        "   # push the demo study to it"
+    )
+    print(f"  sqlite3 {workdir / 'dicom-node.db'} 'SELECT event_type, detail FROM audit_events'")
