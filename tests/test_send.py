@@ -76,6 +76,29 @@ def test_failure_status_is_retried_with_exponential_backoff(files: list[Path]) -
     assert sorted(pacs.stored) == sorted(o.sop_instance_uid for o in outcomes)
 
 
+def test_send_command_skips_non_dicom_files_and_names_failures(
+    files: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dicom-node send FOLDER` warns about each non-DICOM file and sends the rest; a refused
+    instance is printed with its status, the status's meaning and the peer's comment."""
+    folder = files[0].parent
+    (folder / "README.txt").write_text("notes, not DICOM")
+    (folder / "DICOMDIR-like.bin").write_bytes(b"\x00" * 200)
+    pacs = FlakyPacs([0xA700] * 100)
+    try:
+        code = main(["send", "--port", str(pacs.destination.port), "--aet", "FLAKY", str(folder)])
+    finally:
+        pacs.server.shutdown()
+    printed = capsys.readouterr()
+    assert code == 1
+    assert "skipped" in printed.err and "README.txt: not a DICOM file" in printed.err
+    assert "DICOMDIR-like.bin: not a DICOM file" in printed.err
+    failures = [line for line in printed.out.splitlines() if "FAILED" in line]
+    assert len(failures) == 2
+    assert all("status 0xA700 (Refused: Out of Resources)" in line for line in failures)
+    assert "2 of 2 instance(s) not stored" in printed.err
+
+
 def test_persistent_failure_is_reported_not_success(files: list[Path]) -> None:
     """A peer always answering 0xA700 yields failed outcomes with that status after all attempts."""
     pacs = FlakyPacs([0xA700] * 100)
