@@ -89,6 +89,13 @@ def apply_general_equipment(ds: Dataset, model: ModelIdentity) -> None:
     ds.DeviceUID = model.device_uid
 
 
+def apply_series_datetime(ds: Dataset) -> None:
+    """Series Date and Time of a result: when it was made (its content or creation time), so
+    that viewers file the result series under its date."""
+    ds.SeriesDate = ds.get("ContentDate") or ds.get("InstanceCreationDate")
+    ds.SeriesTime = ds.get("ContentTime") or ds.get("InstanceCreationTime")
+
+
 def _contribution_description(model: ModelIdentity) -> str:
     text = (
         f"{model.label}, device UID {model.device_uid}, weights sha256 {model.weights_sha256}: "

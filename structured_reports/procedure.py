@@ -1,4 +1,5 @@
-"""The procedure an SR reports on (TID 1500 "Procedure reported", SR Performed Procedure Code).
+"""The procedure an SR reports on (TID 1500 "Procedure reported", SR Performed Procedure Code)
+and the orders it fulfils (Referenced Request Sequence, from the images' Request Attributes).
 
 Taken from the source study where it says what was requested, in this order: the Requested
 Procedure Code Sequence (0032,1064) at the top level of the images, then inside their Request
@@ -64,3 +65,48 @@ def _unique(concepts: Iterable[CodedConcept | None]) -> list[CodedConcept]:
             seen.add(key)
             unique.append(concept)
     return unique
+
+
+# Type 2 attributes of a Referenced Request Sequence item (PS3.3 C.17.2, SR Document General).
+_REQUEST_TYPE_2 = (
+    ("AccessionNumber", "SH"),
+    ("PlacerOrderNumberImagingServiceRequest", "LO"),
+    ("FillerOrderNumberImagingServiceRequest", "LO"),
+    ("RequestedProcedureID", "SH"),
+    ("RequestedProcedureDescription", "LO"),
+)
+
+
+def referenced_requests(sources: Sequence[Dataset]) -> list[Dataset]:
+    """Referenced Request Sequence items for the orders the images were acquired for: one per
+    distinct request of their Request Attributes Sequence (0040,0275); none without one."""
+    items: list[Dataset] = []
+    seen: set[tuple[str, str, str]] = set()
+    for source in sources:
+        for request in source.get("RequestAttributesSequence") or []:
+            item = _request_item(source, request)
+            key = (
+                str(item.AccessionNumber),
+                str(item.RequestedProcedureID),
+                str(item.PlacerOrderNumberImagingServiceRequest),
+            )
+            if key not in seen:
+                seen.add(key)
+                items.append(item)
+    return items
+
+
+def _request_item(source: Dataset, request: Dataset) -> Dataset:
+    item = Dataset()
+    item.StudyInstanceUID = source.StudyInstanceUID
+    item.ReferencedStudySequence = []
+    for keyword, vr in _REQUEST_TYPE_2:
+        value = request.get(keyword) or (
+            source.get(keyword) if keyword == "AccessionNumber" else None
+        )
+        item.add_new(keyword, vr, str(value) if value else None)
+    codes_ = [
+        c for c in (_usable(c) for c in request.get("RequestedProcedureCodeSequence") or []) if c
+    ]
+    item.RequestedProcedureCodeSequence = codes_[:1]
+    return item

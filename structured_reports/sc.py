@@ -13,7 +13,10 @@ Which findings a destination's SCs show (`ScFindings`, the per-destination setti
   an image without any gets the single "No finding above threshold" SC.
 
 The picture itself is drawn by `structured_reports.overlay`. Every UID is a pure function of the
-source image, the model version, what is drawn and the choice above, so resends are idempotent.
+source image, the model version, the view and what its text states (findings and probabilities
+as printed), never of the heatmap's pixels: a map can differ in the last grey level with the
+batch an image was analysed in, and that must not make an unchanged result a new instance. The
+node keeps the first encoding of each UID and sends those bytes again (`dicom_node.pipeline`).
 """
 
 from __future__ import annotations
@@ -21,17 +24,23 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
 from highdicom.sc import SCImage
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
+)
 
 from structured_reports.equipment import (
     apply_general_equipment,
+    apply_series_datetime,
     contributing_equipment,
     disclaimer,
 )
+from structured_reports.evidence import RESULT_CHARACTER_SET, evidence_header
 from structured_reports.overlay import MAP_LOW, render_overlay
 from structured_reports.results import (
     FindingResult,
@@ -96,13 +105,16 @@ def build_gradcam_sc(
     view: ScView | None = None,
     series_number: int = 9902,
     instance_number: int = 1,
+    uid: str | None = None,
 ) -> Dataset:
-    """Encode one Grad-CAM picture of `image` as a Secondary Capture of the source's study.
+    """Encode one Grad-CAM picture of `image` as a Secondary Capture of the source's study
+    (SOP Instance UID `uid`, by default `sc_instance_uid`).
 
-    Patient and study attributes are copied by highdicom from the source header.
+    Patient and study attributes are copied by highdicom from the source header
+    (`structured_reports.evidence`); a lossy source makes a lossy SC (Lossy Image Compression).
     """
     view = view or ScView()
-    source = image.source
+    source = evidence_header(image.source)
     orientation = _patient_orientation(source)
     pixels = render_overlay(
         image,
@@ -118,21 +130,26 @@ def build_gradcam_sc(
         coordinate_system="PATIENT",
         series_instance_uid=sc_series_uid(image, model, view.findings),
         series_number=series_number,
-        sop_instance_uid=sc_instance_uid(image, model, view),
+        sop_instance_uid=uid or sc_instance_uid(image, model, view),
         instance_number=instance_number,
         manufacturer=model.manufacturer,
         # highdicom wants an orientation for the PATIENT coordinate system; see below if unknown
         patient_orientation=orientation or ("L", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[contributing_equipment(model)],
+        specific_character_set=RESULT_CHARACTER_SET,
     )
     if orientation is None:  # Type 2C: present but empty when the source does not say
         del sc.PatientOrientation
         sc.add_new("PatientOrientation", "CS", None)
     # A chest is not paired: with the body part stated, Laterality (Type 2C) is rightly absent.
     sc.BodyPartExamined = image.source.get("BodyPartExamined") or "CHEST"
+    if source.get("StudyDescription"):
+        sc.StudyDescription = source.StudyDescription
     _describe_derivation(sc, image, model, view)
+    _carry_lossy_compression(sc, image.source)
     apply_general_equipment(sc, model)
+    apply_series_datetime(sc)
     return sc
 
 
@@ -144,24 +161,18 @@ def sc_series_uid(
     return derive_uid("sc-series", str(image.source.StudyInstanceUID), model.device_uid, *extra)
 
 
-def sc_instance_uid(image: ImageResult, model: ModelIdentity, view: ScView | None = None) -> str:
-    """Changes with the source image, the model version, anything drawn and the view."""
+def sc_instance_uid(
+    image: ImageResult, model: ModelIdentity, view: ScView | None = None, *, salt: str = ""
+) -> str:
+    """Changes with the source image, the model version, the view and what the picture states
+    (its text: findings above threshold, probabilities as printed, thresholds); `salt` makes a
+    new UID for a picture that states the same as one that was withdrawn."""
     view = view or ScView()
     extra = () if view == ScView() else (view.findings, view.focus or "")
-    return derive_uid("sc", image.sop_instance_uid, model.device_uid, overlay_digest(image), *extra)
-
-
-def overlay_digest(image: ImageResult) -> str:
-    """SHA-256 of the inputs of the rendering: findings, display pixels and (quantised) maps."""
-    digest = hashlib.sha256()
-    for finding in image.findings:
-        digest.update(f"{finding.label}|{finding.probability:.6f}|{finding.threshold:g};".encode())
-    digest.update(repr(image.display.shape).encode())
-    digest.update(image.display.tobytes())
-    for label in sorted(image.maps):
-        digest.update(label.encode())
-        digest.update(_quantise(image.maps[label]).tobytes())
-    return digest.hexdigest()
+    stated = hashlib.sha256("\n".join(annotation_lines(image, model, view)).encode()).hexdigest()
+    heatmaps = ",".join(sorted(image.maps))
+    parts = [image.sop_instance_uid, model.device_uid, stated, heatmaps, *extra]
+    return derive_uid("sc", *parts, *((salt,) if salt else ()))
 
 
 def annotation_lines(
@@ -197,18 +208,34 @@ def _listed(findings: list[FindingResult]) -> str:
     return ", ".join(_named(f) for f in findings)
 
 
-def _quantise(cam: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
-    out: npt.NDArray[np.uint8] = np.rint(np.clip(np.nan_to_num(cam), 0.0, 1.0) * 255.0).astype(
-        np.uint8
-    )
-    return out
-
-
 def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
     values = [str(v) for v in (source.get("PatientOrientation") or [])]
     if len(values) == 2 and all(v in _ORIENTATIONS for v in values):
         return values[0], values[1]
     return None
+
+
+# Lossy transfer syntaxes and the Lossy Image Compression Method (PS3.3 C.7.6.1.1.5) they imply.
+_LOSSY_METHODS = {
+    JPEGBaseline8Bit: "ISO_10918_1",
+    JPEGExtended12Bit: "ISO_10918_1",
+    JPEG2000: "ISO_15444_1",
+    JPEGLSNearLossless: "ISO_14495_1",
+}
+
+
+def _carry_lossy_compression(sc: Dataset, source: Dataset) -> None:
+    """An SC made from pixels that were once lossy compressed says so (PS3.3 C.7.6.1.1.5): what
+    the source states, else what its transfer syntax implies."""
+    syntax = getattr(getattr(source, "file_meta", None), "TransferSyntaxUID", None)
+    if str(source.get("LossyImageCompression", "")) == "01":
+        sc.LossyImageCompression = "01"
+        for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+            if source.get(keyword):
+                setattr(sc, keyword, source[keyword].value)
+    elif syntax in _LOSSY_METHODS:
+        sc.LossyImageCompression = "01"
+        sc.LossyImageCompressionMethod = _LOSSY_METHODS[syntax]
 
 
 def _describe_derivation(

@@ -50,11 +50,13 @@ from structured_reports import codes
 from structured_reports.equipment import (
     algorithm_identification,
     apply_general_equipment,
+    apply_series_datetime,
     contributing_equipment,
     observer_device_context,
 )
 from structured_reports.evaluations import qualitative_evaluations
-from structured_reports.procedure import procedure_codes
+from structured_reports.evidence import RESULT_CHARACTER_SET, evidence_header
+from structured_reports.procedure import procedure_codes, referenced_requests
 from structured_reports.results import (
     FindingResult,
     ImageResult,
@@ -79,15 +81,18 @@ def build_classification_sr(
 ) -> Dataset:
     """Encode the findings of a study (or why it was not analysed) as a Comprehensive 3D SR.
 
-    Patient and study attributes are copied by highdicom from the source headers (the evidence).
+    Patient and study attributes are copied by highdicom from the source headers (the evidence,
+    `structured_reports.evidence`: absent Type 2 attributes empty, text in UTF-8); the orders
+    the images were acquired for become its Referenced Request Sequence.
     The document is complete but unverified: an AI result that no person has signed.
     `previous_versions` are the headers (SOP Class, SOP Instance, Study and Series Instance UIDs
     suffice) of the SRs this one replaces, listed in its Predecessor Documents Sequence.
     """
     model = result.model
     procedures = procedure_codes(result.sources)
+    requests = referenced_requests(result.sources)
     sr = Comprehensive3DSR(
-        evidence=list(result.sources),
+        evidence=[evidence_header(source) for source in result.sources],
         content=_report_content(result, procedures),
         series_instance_uid=sr_series_uid(result),
         series_number=series_number,
@@ -100,9 +105,12 @@ def build_classification_sr(
         institution_name=institution_name,
         previous_versions=list(previous_versions) or None,
         performed_procedure_codes=procedures,
+        requested_procedures=requests or None,
         contributing_equipment=[contributing_equipment(model, institution_name=institution_name)],
+        specific_character_set=RESULT_CHARACTER_SET,
     )
     sr.SeriesDescription = SERIES_DESCRIPTION
+    apply_series_datetime(sr)
     if _uses_local_codes(result):
         sr.CodingSchemeIdentificationSequence = codes.coding_scheme_identification()
     apply_general_equipment(sr, model)

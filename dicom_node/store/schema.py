@@ -72,6 +72,8 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     calling_ae: Mapped[str] = mapped_column(AE)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # False: an object the model never reads, spooled without its pixel data (its header only)
+    pixels_kept: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class Study(Base):
@@ -89,7 +91,8 @@ class Study(Base):
 
 
 class Job(Base):
-    """Analysis of one study. `state`: queued, running, done, skipped, failed, superseded."""
+    """Analysis of one study. `state`: queued, running, done, skipped, failed, superseded.
+    `reason`: received (the study became ready) or reprocess (an operator asked)."""
 
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_state_lease", "state", "lease_expires_at"),)
@@ -99,6 +102,7 @@ class Job(Base):
         UID, ForeignKey("studies.study_instance_uid"), index=True
     )
     state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(16), default="received")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -159,27 +163,32 @@ class Delivery(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
-class Report(Base):
-    """An SR the node emitted for a study (one row per SOP Instance UID, however often sent).
+class ResultObject(Base):
+    """Every object the node emitted for a study (SR, Grad-CAM SC, rejection KOS), one row per SOP
+    Instance UID however often it is sent, with the file its bytes live in (a resend sends these
+    bytes again, unchanged).
 
-    `content_digest` is what the SR states (`structured_reports.sr.content_digest`); a
-    re-analysis whose result differs from the newest report of the study gets a new SR naming
-    that report as its predecessor (`predecessor_sop_instance_uid`); the same result again is
-    the same SR (same UID, same predecessor).
+    SRs also record what they state (`content_digest`, `structured_reports.sr.content_digest`) and
+    the SR they replace (`predecessor_sop_instance_uid`). `instance_number` increases within each
+    series across versions. A retracted object names the KOS that withdrew it (`retracted_by`).
     """
 
-    __tablename__ = "reports"
+    __tablename__ = "result_objects"
+    __table_args__ = (Index("ix_result_objects_series", "series_instance_uid"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # sr, sc, kos
     study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     sop_class_uid: Mapped[str] = mapped_column(UID)
     series_instance_uid: Mapped[str] = mapped_column(UID)
-    content_digest: Mapped[str] = mapped_column(String(64))
+    instance_number: Mapped[int] = mapped_column(Integer)
+    content_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     predecessor_sop_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    retracted_by: Mapped[str | None] = mapped_column(UID, nullable=True)
 
 
 class AuditEvent(Base):
