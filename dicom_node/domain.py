@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -18,9 +17,6 @@ from structured_reports.results import (
     SkippedImage,
     StudyResult,
 )
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = [
     "FindingResult",
@@ -59,10 +55,12 @@ class Letterbox:
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
 class SourceImage:
-    """A stored instance of the study: where it is and its header (no pixels)."""
+    """A stored instance of the study: where it is and its header (no pixels); `unreadable`
+    says why its file could not be read (the header then holds only what its row records)."""
 
     path: Path
     header: Dataset
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -71,7 +69,7 @@ class PreparedImage:
 
     header: Dataset
     display: npt.NDArray[np.uint8]
-    model_input: torch.Tensor
+    model_input: npt.NDArray[np.float32]
     letterbox: Letterbox
 
 

@@ -21,6 +21,7 @@ from structured_reports.equipment import disclaimer
 from structured_reports.results import StudyResult
 
 NOT_ANALYSED = "Study not analysed: none of its images was suitable for the model."
+ANALYSIS_FAILED = "Study not analysed: the analysis could not be completed"
 NO_FINDING_ABOVE_THRESHOLD = "No finding above threshold"
 
 
@@ -60,6 +61,8 @@ def normality(result: StudyResult) -> codes.Concept:
 
 def summary(result: StudyResult) -> str:
     """One line for the reader: the findings above threshold per image, or that there are none."""
+    if result.failure:
+        return f"{ANALYSIS_FAILED} ({result.failure})."
     if not result.analysed:
         return NOT_ANALYSED
     present = [

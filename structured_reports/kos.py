@@ -15,13 +15,9 @@ from highdicom.ko import KeyObjectSelection, KeyObjectSelectionDocument
 from pydicom import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
 
-from structured_reports.equipment import (
-    apply_general_equipment,
-    apply_series_datetime,
-    contributing_equipment,
-)
+from structured_reports.equipment import apply_series_datetime
 from structured_reports.evidence import RESULT_CHARACTER_SET, evidence_header
-from structured_reports.results import ModelIdentity, derive_uid
+from structured_reports.results import derive_uid
 
 SERIES_NUMBER = 9909
 SERIES_DESCRIPTION = "AI results withdrawn (IOCM rejection note)"
@@ -36,13 +32,16 @@ def rejection_uids(study_instance_uid: str, rejected_uids: Sequence[str]) -> tup
 
 def build_rejection_kos(
     rejected: Sequence[Dataset],
-    model: ModelIdentity,
     *,
+    manufacturer: str,
+    model_name: str,
+    software_versions: str,
     instance_number: int = 1,
     series_number: int = SERIES_NUMBER,
 ) -> Dataset:
     """The rejection note for `rejected` (the headers of the node's own SR and SC instances, all
-    of one study): "Rejected for Quality Reasons", each referenced by SOP Class and Instance."""
+    of one study): "Rejected for Quality Reasons", each referenced by SOP Class and Instance.
+    The note is the node's act, not a model's: its equipment is the node software's."""
     if not rejected:
         raise ValueError("a rejection note needs at least one rejected instance")
     evidence = [evidence_header(ds) for ds in rejected]
@@ -59,11 +58,11 @@ def build_rejection_kos(
         series_number=series_number,
         sop_instance_uid=sop_uid,
         instance_number=instance_number,
-        manufacturer=model.manufacturer,
-        contributing_equipment=[contributing_equipment(model)],
+        manufacturer=manufacturer,
         specific_character_set=RESULT_CHARACTER_SET,
     )
     kos.SeriesDescription = SERIES_DESCRIPTION
-    apply_general_equipment(kos, model)
+    kos.ManufacturerModelName = model_name
+    kos.SoftwareVersions = software_versions
     apply_series_datetime(kos)
     return kos

@@ -133,6 +133,7 @@ class StudyResult:
     model: ModelIdentity
     images: tuple[ImageResult, ...]
     skipped: tuple[SkippedImage, ...] = ()
+    failure: str | None = None  # why the analysis could not be completed, if it could not
 
     def __post_init__(self) -> None:
         if not self.images and not self.skipped:

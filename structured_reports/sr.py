@@ -78,6 +78,7 @@ def build_classification_sr(
     series_number: int = 9901,
     instance_number: int = 1,
     institution_name: str | None = None,
+    salt: str = "",
 ) -> Dataset:
     """Encode the findings of a study (or why it was not analysed) as a Comprehensive 3D SR.
 
@@ -87,6 +88,8 @@ def build_classification_sr(
     The document is complete but unverified: an AI result that no person has signed.
     `previous_versions` are the headers (SOP Class, SOP Instance, Study and Series Instance UIDs
     suffice) of the SRs this one replaces, listed in its Predecessor Documents Sequence.
+    `salt` (the UID of a rejection note) makes a new UID for a document that states what a
+    withdrawn one stated.
     """
     model = result.model
     procedures = procedure_codes(result.sources)
@@ -96,7 +99,7 @@ def build_classification_sr(
         content=_report_content(result, procedures),
         series_instance_uid=sr_series_uid(result),
         series_number=series_number,
-        sop_instance_uid=sr_instance_uid(result, previous_versions),
+        sop_instance_uid=sr_instance_uid(result, previous_versions, salt=salt),
         instance_number=instance_number,
         manufacturer=model.manufacturer,
         is_complete=True,
@@ -122,7 +125,9 @@ def sr_series_uid(result: StudyResult) -> str:
     return derive_uid("sr-series", result.study_instance_uid, result.model.device_uid)
 
 
-def sr_instance_uid(result: StudyResult, previous_versions: Sequence[Dataset] = ()) -> str:
+def sr_instance_uid(
+    result: StudyResult, previous_versions: Sequence[Dataset] = (), *, salt: str = ""
+) -> str:
     """SOP Instance UID of the SR: changes whenever the encoded content or the predecessors
     change; the same result with the same predecessors always gets the same UID."""
     predecessors = sorted(str(ds.SOPInstanceUID) for ds in previous_versions)
@@ -132,6 +137,7 @@ def sr_instance_uid(result: StudyResult, previous_versions: Sequence[Dataset] = 
         result.model.device_uid,
         content_digest(result),
         *predecessors,
+        *((f"after:{salt}",) if salt else ()),
     )
 
 

@@ -25,7 +25,7 @@ from dicom_node.audit import chain as audit_chain
 from dicom_node.audit import cli as audit_cli
 from dicom_node.audit import retention as audit_retention
 from dicom_node.audit.chain import AuditChainError, row_digest
-from dicom_node.store.database import make_engine, make_session_factory
+from dicom_node.store.database import make_engine, make_session_factory, reading
 from dicom_node.store.database import upgrade_schema as migrate
 from dicom_node.store.schema import AuditCheckpoint, AuditEvent
 
@@ -101,7 +101,7 @@ def concurrent_writers(url: str, processes: int, each: int) -> None:
 
 
 def verify(sessions: sessionmaker[Session]) -> audit_chain.ChainReport:
-    with audit_chain.reading(sessions) as session:
+    with reading(sessions) as session:
         return audit_chain.verify(session)
 
 

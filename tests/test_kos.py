@@ -18,6 +18,8 @@ from structured_reports.kos import build_rejection_kos
 from structured_reports.sc import build_gradcam_sc
 from structured_reports.sr import build_classification_sr
 
+NODE = {"manufacturer": "dicom-node", "model_name": "dicom-node", "software_versions": "0.1.0"}
+
 
 def _withdrawn() -> list[Dataset]:
     study = mixed_study()
@@ -30,7 +32,7 @@ def test_rejection_note_names_every_withdrawn_object_and_validates(tmp_path: Pat
     """Title (113001, DCM); one reference per withdrawn instance, with its SOP Class; the study's
     patient; no dciodvfy error; unchanged by a write and read."""
     withdrawn = _withdrawn()
-    kos = build_rejection_kos(withdrawn, MODEL)
+    kos = build_rejection_kos(withdrawn, **NODE)
     assert dciodvfy_errors(kos, tmp_path) == []
     back = dcmread(io.BytesIO(to_bytes(kos)))
     title = back.ConceptNameCodeSequence[0]
@@ -50,9 +52,9 @@ def test_rejection_note_names_every_withdrawn_object_and_validates(tmp_path: Pat
 def test_uids_depend_only_on_what_is_withdrawn() -> None:
     """The same withdrawn set gives the same note; another set another instance, same series."""
     withdrawn = _withdrawn()
-    first = build_rejection_kos(withdrawn, MODEL)
-    again = build_rejection_kos(list(reversed(withdrawn)), MODEL)
-    only_sr = build_rejection_kos(withdrawn[:1], MODEL)
+    first = build_rejection_kos(withdrawn, **NODE)
+    again = build_rejection_kos(list(reversed(withdrawn)), **NODE)
+    only_sr = build_rejection_kos(withdrawn[:1], **NODE)
     assert first.SOPInstanceUID == again.SOPInstanceUID
     assert only_sr.SOPInstanceUID != first.SOPInstanceUID
     assert only_sr.SeriesInstanceUID == first.SeriesInstanceUID
@@ -61,10 +63,10 @@ def test_uids_depend_only_on_what_is_withdrawn() -> None:
 def test_empty_or_mixed_studies_are_refused() -> None:
     """Nothing to withdraw, or objects of two studies: ValueError."""
     with pytest.raises(ValueError, match="at least one"):
-        build_rejection_kos([], MODEL)
+        build_rejection_kos([], **NODE)
     sr = _withdrawn()[0]
     other = copy.deepcopy(sr)
     other.StudyInstanceUID = "1.2.3.4"
     other.SOPInstanceUID = "1.2.3.4.5"
     with pytest.raises(ValueError, match="one study"):
-        build_rejection_kos([sr, other], MODEL)
+        build_rejection_kos([sr, other], **NODE)

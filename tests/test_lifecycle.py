@@ -1,10 +1,13 @@
-"""Result lifecycle end to end (DCMTK storescu as the modality, storescp as the PACS): a
-reprocessed study comes back with the same SR and SC UIDs; a re-analysis with a different result
-(a late image) is a new SR naming its predecessor; `dicom-node reprocess` is audited and refuses
-what it cannot do."""
+"""Result lifecycle end to end (DCMTK storescu as the modality, storescp as the PACS): SR versions
+numbered within their series, each naming its predecessor, the older ones withdrawn by an IOCM
+rejection note; unchanged images keep their SCs byte for byte; `dicom-node reprocess` and
+`dicom-node retract` are audited and refuse what they cannot do; a crashed job's re-run sends
+the same bytes again."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -13,15 +16,15 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.uid import generate_uid
-from sqlalchemy import select
+from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+from sqlalchemy import select, update
 
 from dicom_node.errors import NodeError
 from dicom_node.node import Node
 from dicom_node.pipeline.assemble import promote_ready_studies
 from dicom_node.pipeline.reprocess import request_reprocess
 from dicom_node.store.jobs import wait_finished
-from dicom_node.store.schema import AuditEvent, Report
+from dicom_node.store.schema import AuditEvent, Delivery, Job, Result, utcnow
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.dicom_validators import dciodvfy_errors
 from tests.peers import StoreSCP, storescu
@@ -53,70 +56,251 @@ def reprocess_cli(
     )
 
 
-def test_reprocess_is_idempotent_and_a_changed_result_names_its_predecessor(
+def _study_objects(pacs: StoreSCP, study_uid: str) -> dict[str, list[Dataset]]:
+    """What the PACS holds of the study, by modality: each SOP Instance once, as last received."""
+    latest = {}
+    for path in pacs.received():
+        ds = dcmread(path)
+        if ds.StudyInstanceUID == study_uid:
+            latest[str(ds.SOPInstanceUID)] = ds
+    found: dict[str, list[Dataset]] = {}
+    for ds in latest.values():
+        kind = "SC" if ds.SOPClassUID == SecondaryCaptureImageStorage else str(ds.Modality)
+        found.setdefault(kind, []).append(ds)
+    return found
+
+
+def _withdrawn_by(kos: Dataset) -> set[str]:
+    return {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in kos.ContentSequence
+        if "ReferencedSOPSequence" in item
+    }
+
+
+def _predecessor(sr: Dataset) -> str | None:
+    if "PredecessorDocumentsSequence" not in sr:
+        return None
+    series = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    return str(series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+
+
+def test_reprocess_twice_numbers_sr_versions_and_withdraws_the_older_ones(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
-    """1. a study is analysed: SR + SC reach the PACS; 2. `dicom-node reprocess` (audited, with
-    the user) sends the same SR and SC UIDs again; 3. a late second image changes the result: a
-    new SR in the same series names the first in its Predecessor Documents Sequence and passes
-    dciodvfy; 4. reprocessing that result again gives that same new SR."""
+    """1. a study is analysed: SR 1 and its SC reach the PACS; 2. `dicom-node reprocess` (an
+    operator's process, audited with the user) gives SR 2 naming SR 1, and a rejection note
+    withdrawing SR 1; 3. reprocess again: SR 3 naming SR 2, a note withdrawing SR 2. The SR series
+    holds InstanceNumbers 1, 2, 3; the unchanged image keeps its SC (same UID, same bytes);
+    every SR and note passes dciodvfy."""
+    with StoreSCP(tmp_path / "pacs", aet="PACS") as pacs:
+        settings = make_settings(
+            destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]
+        )
+        env = {
+            "DICOM_NODE_DATABASE_URL": settings.database_url,
+            "DICOM_NODE_SPOOL_DIR": str(settings.spool_dir),
+        }
+        with Node(settings) as node:
+            study_uid = str(generate_uid())
+            image = chest_image(study_uid=study_uid, findings=("Effusion",), seed=3)
+            assert storescu(write_study(tmp_path / "a", [image]), port=node.port).returncode == 0
+            job = wait_finished(node.sessions, study_uid)
+            [sc] = _wait_modality(pacs, study_uid, "SC")
+            sc_bytes = Path(_path_of(pacs, sc)).read_bytes()
+            jobs = [job.id]
+            for _ in range(2):
+                cli = reprocess_cli(env, study_uid)
+                assert cli.returncode == 0, cli.stderr
+                done = wait_finished(node.sessions, study_uid, after=jobs[-1])
+                assert done.state == "done", done.detail
+                jobs.append(done.id)
+            held = _wait_count(pacs, study_uid, {"SR": 3, "KO": 2, "SC": 1})
+            [kept] = held["SC"]
+            kept_bytes = Path(_path_of(pacs, kept)).read_bytes()
+            with node.sessions() as session:
+                requested = session.scalars(
+                    select(AuditEvent).where(AuditEvent.event_type == "study_reprocess")
+                ).all()
+    srs = sorted(held["SR"], key=lambda ds: int(ds.InstanceNumber))
+    assert [int(ds.InstanceNumber) for ds in srs] == [1, 2, 3]
+    assert len({ds.SeriesInstanceUID for ds in srs}) == 1
+    assert [_predecessor(ds) for ds in srs] == [None, srs[0].SOPInstanceUID, srs[1].SOPInstanceUID]
+    notes = sorted(held["KO"], key=lambda ds: int(ds.InstanceNumber))
+    assert [_withdrawn_by(kos) for kos in notes] == [
+        {srs[0].SOPInstanceUID},
+        {srs[1].SOPInstanceUID},
+    ]
+    for ds in [*srs, *notes]:
+        assert dciodvfy_errors(ds, tmp_path) == []
+    assert kept.SOPInstanceUID == sc.SOPInstanceUID
+    assert kept_bytes == sc_bytes
+    assert [e.job_id for e in requested] == jobs[1:]
+    assert all(e.user_id and e.event_id == "110103" for e in requested)
+
+
+def test_late_image_keeps_the_unchanged_images_sc_and_withdraws_the_old_sr(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A late second image changes the study's result: a new SR (InstanceNumber 2) names the
+    first, a rejection note withdraws only the first SR; the first image, analysed again in a
+    batch of two, keeps its SC UID and bytes; the new image's SC is number 2 of its series."""
     with StoreSCP(tmp_path / "pacs", aet="PACS") as pacs:
         settings = make_settings(
             destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]
         )
         with Node(settings) as node:
             study_uid = str(generate_uid())
-            first_image = chest_image(study_uid=study_uid, findings=("Effusion",), seed=3)
-            assert (
-                storescu(write_study(tmp_path / "a", [first_image]), port=node.port).returncode == 0
-            )
-            first_job = wait_finished(node.sessions, study_uid)
-            first_objects = received_since(pacs, 0, 2)
-            first = sop_uids(first_objects)
-
-            env = {
-                "DICOM_NODE_DATABASE_URL": settings.database_url,
-                "DICOM_NODE_SPOOL_DIR": str(settings.spool_dir),
-            }
-            cli = reprocess_cli(env, study_uid)
-            assert cli.returncode == 0, cli.stderr
-            assert "queued" in cli.stdout
-            again_job = wait_finished(node.sessions, study_uid, after=first_job.id)
-            assert again_job.state == "done", again_job.detail
-            assert sop_uids(received_since(pacs, 2, 2)) == first  # idempotent at the PACS
-
+            first = chest_image(study_uid=study_uid, findings=("Effusion",), seed=3)
+            assert storescu(write_study(tmp_path / "a", [first]), port=node.port).returncode == 0
+            job = wait_finished(node.sessions, study_uid)
+            [first_sc] = _wait_modality(pacs, study_uid, "SC")
+            first_bytes = Path(_path_of(pacs, first_sc)).read_bytes()
             late = chest_image(study_uid=study_uid, findings=("Cardiomegaly",), seed=5)
             assert storescu(write_study(tmp_path / "b", [late]), port=node.port).returncode == 0
-            changed_job = wait_finished(node.sessions, study_uid, after=again_job.id)
-            changed = {str(ds.Modality): ds for ds in received_since(pacs, 4, 3)}
-            changed_sr = changed["SR"]
+            wait_finished(node.sessions, study_uid, after=job.id)
+            held = _wait_count(pacs, study_uid, {"SR": 2, "SC": 2, "KO": 1})
+            now_bytes = Path(_path_of(pacs, first_sc)).read_bytes()
+    srs = sorted(held["SR"], key=lambda ds: int(ds.InstanceNumber))
+    assert [int(ds.InstanceNumber) for ds in srs] == [1, 2]
+    assert _predecessor(srs[1]) == srs[0].SOPInstanceUID
+    [kos] = held["KO"]
+    assert _withdrawn_by(kos) == {srs[0].SOPInstanceUID}
+    scs = {str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID): ds for ds in held["SC"]}
+    assert scs[str(first.SOPInstanceUID)].SOPInstanceUID == first_sc.SOPInstanceUID
+    assert now_bytes == first_bytes
+    assert int(scs[str(late.SOPInstanceUID)].InstanceNumber) == 2
 
+
+def test_retract_withdraws_every_result_and_a_new_reading_gets_new_uids(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """`dicom-node retract STUDY_UID` sends one rejection note naming the SR and SC (audited,
+    with the user); retracting again is refused; a reprocess afterwards makes a new SR and SC
+    whose UIDs are new (a PACS refuses a withdrawn UID) and whose numbers go on."""
+    with StoreSCP(tmp_path / "pacs", aet="PACS") as pacs:
+        settings = make_settings(
+            destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]
+        )
+        env = {
+            "DICOM_NODE_DATABASE_URL": settings.database_url,
+            "DICOM_NODE_SPOOL_DIR": str(settings.spool_dir),
+            "DICOM_NODE_DESTINATIONS": json.dumps(
+                [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]
+            ),
+        }
+        with Node(settings) as node:
+            study_uid = str(generate_uid())
+            image = chest_image(study_uid=study_uid, seed=4)
+            assert storescu(write_study(tmp_path / "a", [image]), port=node.port).returncode == 0
+            job = wait_finished(node.sessions, study_uid)
+            before = _wait_count(pacs, study_uid, {"SR": 1, "SC": 1})
+            retract = _cli(env, "retract", study_uid)
+            assert retract.returncode == 0, retract.stderr
+            assert "2 result object(s) withdrawn" in retract.stdout
+            again = _cli(env, "retract", study_uid)
+            assert again.returncode == 1 and "no results left" in again.stderr
             request_reprocess(node.sessions, study_uid)
-            last_job = wait_finished(node.sessions, study_uid, after=changed_job.id)
-            repeated = {str(ds.Modality): ds for ds in received_since(pacs, 7, 3)}
-
+            wait_finished(node.sessions, study_uid, after=job.id + 1)
+            held = _wait_count(pacs, study_uid, {"SR": 2, "SC": 2, "KO": 1})
             with node.sessions() as session:
-                reports = session.scalars(select(Report).order_by(Report.id)).all()
-                requested = session.scalars(
-                    select(AuditEvent).where(AuditEvent.event_type == "study_reprocess")
+                [event] = session.scalars(
+                    select(AuditEvent).where(AuditEvent.event_type == "results_retracted")
                 ).all()
+    [kos] = held["KO"]
+    old = {before["SR"][0].SOPInstanceUID, before["SC"][0].SOPInstanceUID}
+    assert _withdrawn_by(kos) == old
+    assert dciodvfy_errors(kos, tmp_path) == []
+    new_sr = [ds for ds in held["SR"] if ds.SOPInstanceUID not in old]
+    assert len(new_sr) == 1 and int(new_sr[0].InstanceNumber) == 2
+    assert _predecessor(new_sr[0]) is None  # the withdrawn SR is no predecessor
+    assert {ds.SOPInstanceUID for ds in held["SC"]} - old
+    assert event.user_id and event.event_action == "D"
 
-    assert changed_sr.SOPInstanceUID != first["SR"]
-    [first_sr] = [ds for ds in first_objects if ds.Modality == "SR"]
-    assert changed_sr.SeriesInstanceUID == first_sr.SeriesInstanceUID
-    [predecessor] = (
-        changed_sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+
+def test_crash_rerun_resends_the_same_bytes(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    """A worker died after recording its results (its lease expired): the re-run of that job
+    sends the very same SR and SC bytes under the same UIDs, and leaves one set of findings."""
+    with StoreSCP(tmp_path / "pacs", aet="PACS") as pacs:
+        settings = make_settings(
+            destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]
+        )
+        with Node(settings) as node:
+            study_uid = str(generate_uid())
+            image = chest_image(study_uid=study_uid, seed=6)
+            assert storescu(write_study(tmp_path / "a", [image]), port=node.port).returncode == 0
+            job = wait_finished(node.sessions, study_uid)
+            first = _wait_count(pacs, study_uid, {"SR": 1, "SC": 1})
+            sent = _bytes_of(pacs, first)
+            receptions = len(pacs.received())
+            with node.sessions.begin() as session:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job.id)
+                    .values(state="running", lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+                )
+                session.execute(
+                    update(Delivery).where(Delivery.job_id == job.id).values(state="pending")
+                )
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with node.sessions() as session:
+                    rerun = session.get_one(Job, job.id)
+                    if rerun.state == "done" and rerun.attempts == 2:
+                        break
+                time.sleep(0.1)
+            pacs.wait_for(receptions + 2)  # the re-run sent both again
+            again = _wait_count(pacs, study_uid, {"SR": 1, "SC": 1})
+            resent = _bytes_of(pacs, again)
+            with node.sessions() as session:
+                findings = session.scalars(select(Result).where(Result.job_id == job.id)).all()
+                deliveries = session.scalars(
+                    select(Delivery).where(Delivery.job_id == job.id)
+                ).all()
+    assert resent == sent
+    assert len(findings) == 14  # one set, not two
+    assert len(deliveries) == 2 and {d.state for d in deliveries} == {"sent"}
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicom_node.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
-    assert predecessor.ReferencedSOPInstanceUID == first["SR"]
-    assert dciodvfy_errors(changed_sr, tmp_path) == []
-    assert repeated["SR"].SOPInstanceUID == changed_sr.SOPInstanceUID
-    assert last_job.state == "done"
 
-    assert [r.sop_instance_uid for r in reports] == [first["SR"], changed_sr.SOPInstanceUID]
-    assert reports[1].predecessor_sop_instance_uid == first["SR"]
-    assert [r.job_id for r in reports] == [first_job.id, changed_job.id]
-    assert [e.job_id for e in requested] == [again_job.id, last_job.id]
-    assert all(e.user_id and e.event_id == "110103" for e in requested)
+
+def _bytes_of(pacs: StoreSCP, held: dict[str, list[Dataset]]) -> dict[str, bytes]:
+    return {
+        str(ds.SOPInstanceUID): Path(_path_of(pacs, ds)).read_bytes()
+        for objects in held.values()
+        for ds in objects
+    }
+
+
+def _path_of(pacs: StoreSCP, ds: Dataset) -> str:
+    paths = [p for p in pacs.received() if str(ds.SOPInstanceUID) in Path(p).name]
+    return str(paths[-1])
+
+
+def _wait_modality(pacs: StoreSCP, study_uid: str, modality: str) -> list[Dataset]:
+    return _wait_count(pacs, study_uid, {modality: 1})[modality]
+
+
+def _wait_count(
+    pacs: StoreSCP, study_uid: str, counts: dict[str, int], timeout: float = 60.0
+) -> dict[str, list[Dataset]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        held = _study_objects(pacs, study_uid)
+        if all(len(held.get(m, [])) >= n for m, n in counts.items()):
+            return held
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the PACS holds { ({m: len(v) for m, v in held.items()}) }")
+        time.sleep(0.1)
 
 
 def test_reprocess_refuses_unknown_invalid_and_busy_studies(

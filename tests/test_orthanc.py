@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom.uid import KeyObjectSelectionDocumentStorage, generate_uid
 from sqlalchemy import select
 
 from dicom_node.node import Node
@@ -27,6 +27,7 @@ from dicom_node.testing import node_settings
 from structured_reports.overlay import overlay_layout
 from tests.conftest import chest_image, write_study
 from tests.peers import (
+    COMPREHENSIVE_3D_SR_STORAGE,
     OrthancServer,
     StoredInstance,
     free_port,
@@ -160,9 +161,12 @@ def test_orthanc_web_viewer_shows_the_sc_with_its_heatmap(flow: Flow, tmp_path: 
     assert shown.mean() > 0.8, f"only {shown.mean():.0%} of the heatmap is coloured on screen"
 
 
-def test_reprocessed_study_leaves_orthanc_with_the_same_instances(flow: Flow) -> None:
-    """`reprocess` makes the node analyse and send again: Orthanc receives SR and SC again (two
-    more successful result_sent rows) and still holds exactly the same three instances."""
+def test_reprocessed_study_adds_a_new_sr_version_and_a_rejection_note_in_orthanc(
+    flow: Flow,
+) -> None:
+    """`reprocess` makes the node read the study again: Orthanc receives a new SR version, the
+    unchanged SC again (same UID) and the rejection note withdrawing the first SR (three more
+    successful result_sent rows); it then holds the three instances it had and those two."""
     before = sorted(
         i.sop_instance_uid for i in list_study_instances(flow.orthanc.api, flow.study_uid)
     )
@@ -177,8 +181,13 @@ def test_reprocessed_study_leaves_orthanc_with_the_same_instances(flow: Flow) ->
                 AuditEvent.event_type == "result_sent", AuditEvent.job_id == job_id
             )
         ).all()
-    assert [(e.outcome, e.called_ae) for e in sent] == [("success", "ORTHANC")] * 2
-    after = sorted(
-        i.sop_instance_uid for i in list_study_instances(flow.orthanc.api, flow.study_uid)
+    assert [(e.outcome, e.called_ae) for e in sent] == [("success", "ORTHANC")] * 3
+    after = {
+        i.sop_instance_uid: i.sop_class_uid
+        for i in list_study_instances(flow.orthanc.api, flow.study_uid)
+    }
+    assert set(before) < set(after) and len(after) == 5
+    added = sorted(after[uid] for uid in set(after) - set(before))
+    assert added == sorted(
+        [str(KeyObjectSelectionDocumentStorage), str(COMPREHENSIVE_3D_SR_STORAGE)]
     )
-    assert after == before and len(after) == 3

@@ -124,6 +124,18 @@ def _results_of(pacs: StoreSCP, study_uid: str, n: int) -> dict[str, Dataset]:
     raise TimeoutError("results did not reach the PACS")
 
 
+def _srs_of(pacs: StoreSCP, study_uid: str, n: int) -> list[Dataset]:
+    """The first `n` SRs of the study the PACS received."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = [dcmread(p) for p in pacs.received()]
+        srs = [ds for ds in found if ds.StudyInstanceUID == study_uid and ds.Modality == "SR"]
+        if len(srs) >= n:
+            return srs
+        time.sleep(0.1)
+    raise TimeoutError("the SRs did not reach the PACS")
+
+
 def _skips_and_analysed(node: Node, job_id: int) -> tuple[list[Skip], set[str]]:
     """The job's skipped-image rows and the SOP Instance UIDs it has results for."""
     with node.sessions() as session:
@@ -251,7 +263,9 @@ def test_job_whose_worker_died_at_every_attempt_is_failed_not_analysed_again(
     node: Node, pacs: StoreSCP, tmp_path: Path
 ) -> None:
     """A stored study whose job has used up its attempts with a dead worker's lease (each claim
-    counts as an attempt): the worker fails it without analysing and audits the failure."""
+    counts as an attempt): the worker fails it without analysing it again, audits the failure,
+    and still sends an SR saying that the analysis could not be completed and why (it passes
+    dciodvfy and replaces nothing: the first analysis's SR stays the newest analysed one)."""
     study_uid = str(generate_uid())
     paths = write_study(tmp_path, [chest_image(study_uid=study_uid)])
     assert storescu(paths, port=node.port).returncode == 0
@@ -276,7 +290,16 @@ def test_job_whose_worker_died_at_every_attempt_is_failed_not_analysed_again(
         events = session.scalars(
             select(AuditEvent.event_type).where(AuditEvent.job_id == job_id)
         ).all()
-    assert events == ["job_failed"]  # never started again
+    assert events == ["image_skipped", "result_sent", "job_failed"]  # never started again
+    srs = _srs_of(pacs, study_uid, 2)
+    summaries = {
+        ds.SOPInstanceUID: ds.ContentSequence[-1].ContentSequence[1].TextValue for ds in srs
+    }
+    [failure_sr] = [ds for ds in srs if "could not be completed" in summaries[ds.SOPInstanceUID]]
+    summary = summaries[failure_sr.SOPInstanceUID]
+    assert "analysis could not be completed" in summary and "abandoned after" in summary
+    assert "PredecessorDocumentsSequence" not in failure_sr
+    assert dciodvfy_errors(failure_sr, tmp_path) == []
 
 
 def test_audit_trail_shows_every_step_of_a_study(

@@ -84,13 +84,20 @@ def test_c_store_from_dcmtk_is_spooled_committed_and_audited(
     assert _events(receiver, "association_accepted")
 
 
-def test_other_sop_classes_are_refused_at_negotiation(receiver: Node) -> None:
-    """A CT image has no accepted presentation context: storescu fails, nothing is stored."""
+def test_other_classes_are_accepted_and_kept_without_their_pixels(receiver: Node) -> None:
+    """A CT image (a class the model never reads) is accepted with 0x0000 and recorded; the
+    spool keeps its header without the pixel data, and the audit row says so."""
     ct = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
     result = storescu([ct], port=receiver.port)
-    assert result.returncode != 0
+    assert result.returncode == 0, result.stderr
+    source = dcmread(ct)
     with receiver.sessions() as session:
-        assert session.scalars(select(Instance)).all() == []
+        row = session.get_one(Instance, str(source.SOPInstanceUID))
+    stored = dcmread(row.path)
+    assert not row.pixels_kept and "PixelData" not in stored
+    assert stored.PatientID == source.PatientID and stored.Rows == source.Rows
+    (event,) = _events(receiver, "instance_received")
+    assert "without its pixel data" in (event.detail or "")
 
 
 def test_unknown_calling_ae_is_rejected_and_audited(

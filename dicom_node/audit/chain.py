@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from dicom_node.errors import NodeError
-from dicom_node.store.database import SQLITE_BEGIN
 from dicom_node.store.schema import AuditCheckpoint, AuditEvent, AuditHead, utcnow
 
 GENESIS = "0" * 64
@@ -241,13 +240,3 @@ def _check_head(state: Walk, head_seq: int, head_hash: str) -> None:
         )
     elif state.row_hash != head_hash and not state.problems:
         state.flag("altered", state.seq, None, f"row {state.seq} does not match the head's hash")
-
-
-def reading(sessions: sessionmaker[Session]) -> Session:
-    """A session for long read-only work on one snapshot. On SQLite a deferred transaction (WAL
-    readers see a snapshot), so that writers on the C-STORE path are not held up meanwhile."""
-    engine = sessions.kw["bind"]
-    if engine.dialect.name == "sqlite":
-        return sessions(bind=engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"}))
-    # one snapshot for the whole read: rows and head agree even while writers go on
-    return sessions(bind=engine.execution_options(isolation_level="REPEATABLE READ"))

@@ -21,6 +21,7 @@ from dicom_node.audit import export as audit_export
 from dicom_node.audit import retention as audit_retention
 from dicom_node.audit.syslog import forwarding, message_context
 from dicom_node.settings import Settings, load_settings
+from dicom_node.store.database import reading
 
 QUERY_COLUMNS = (
     ("seq", 6),
@@ -128,7 +129,7 @@ def _used(sessions: sessionmaker[Session], detail: str, outcome: Outcome = Outco
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with _open(args) as (_, sessions):
-        with audit_chain.reading(sessions) as session:
+        with reading(sessions) as session:
             report = audit_chain.verify(session)
         _print_report(report)
         summary = f"verify: {report.checked} row(s) from position {report.start_seq + 1}"
@@ -153,7 +154,7 @@ def _print_report(report: audit_chain.ChainReport) -> None:
 def cmd_query(args: argparse.Namespace) -> int:
     filters = _filters(args)
     with _open(args) as (_, sessions):
-        with audit_chain.reading(sessions) as session:
+        with reading(sessions) as session:
             count = _print_rows(audit_export.fetch(session, filters, args.limit))
         _used(sessions, f"query: {filters.describe()}; {count} row(s)")
     return 0
@@ -182,7 +183,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     filters = _filters(args)
     target = str(args.output) if args.output else "standard output"
     with _open(args) as (settings, sessions):
-        with audit_chain.reading(sessions) as session, _output(args.output) as stream:
+        with reading(sessions) as session, _output(args.output) as stream:
             rows = audit_export.fetch(session, filters)
             count = audit_export.write_export(args.format, rows, stream, message_context(settings))
         _used(sessions, f"export {args.format} to {target}: {filters.describe()}; {count} row(s)")

@@ -109,6 +109,8 @@ DICOM_EVENTS: dict[str, DicomEvent] = {
     "image_skipped": DicomEvent(event_id=INSTANCES_ACCESSED, action="R", direction="local"),
     # a person asked for a stored study to be read again (`dicom-node reprocess`)
     "study_reprocess": DicomEvent(event_id=INSTANCES_ACCESSED, action="R", direction="local"),
+    # a person withdrew the study's results (`dicom-node retract`): an IOCM rejection note
+    "results_retracted": DicomEvent(event_id=INSTANCES_ACCESSED, action="D", direction="local"),
     # the sender does not know whether the receiver held copies: "R" (PS3.15 A.5.3.4)
     "result_sent": DicomEvent(event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound"),
     "result_failed": DicomEvent(event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound"),

@@ -47,6 +47,7 @@ class Event(enum.StrEnum):
     JOB_SKIPPED = "job_skipped"
     IMAGE_SKIPPED = "image_skipped"
     STUDY_REPROCESS = "study_reprocess"
+    RESULTS_RETRACTED = "results_retracted"
     RESULT_SENT = "result_sent"
     RESULT_FAILED = "result_failed"
     AUDIT_LOG_USED = "audit_log_used"
@@ -79,6 +80,7 @@ LAUNCHED = frozenset(
         Event.AUDIT_LOG_USED,
         Event.AUDIT_LOG_PURGED,
         Event.STUDY_REPROCESS,
+        Event.RESULTS_RETRACTED,
     }
 )
 

@@ -1,6 +1,6 @@
-"""The `dicom-node` command: serve, work, echo, send, retry, reprocess, demo, train, evaluate,
-audit. The process level: imports every subpackage, each command loading only what it needs
-(`echo`, `send` and `audit` never import torch)."""
+"""The `dicom-node` command: serve, work, echo, send, retry, reprocess, retract, demo, train,
+evaluate, audit. The process level: imports every subpackage, each command loading only what it
+needs (`echo`, `send` and `audit` never import torch)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         "queue a stored study for analysis again (audited)",
         service.configure_reprocess,
         service.cmd_reprocess,
+    )
+    add(
+        "retract",
+        "withdraw a study's results from the destinations (IOCM rejection note, audited)",
+        service.configure_retract,
+        service.cmd_retract,
     )
     add("demo", "run the whole loop on a synthetic study", service.configure_demo, service.cmd_demo)
     audit = commands.add_parser("audit", help="verify, query, export and purge the audit trail")

@@ -86,6 +86,30 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_retract(parser: argparse.ArgumentParser) -> None:
+    """The study and the settings."""
+    configure_reprocess(parser)
+
+
+def cmd_retract(args: argparse.Namespace) -> int:
+    """Withdraw the study's results: an IOCM rejection note to every destination that got them
+    (no model is loaded here); exit status 0 when every note was delivered."""
+    from dicom_node.node import connect_database, default_sender
+    from dicom_node.pipeline.retract import retract_study
+    from dicom_node.store.spool import Spool
+
+    settings = settings_of(args)
+    sessions = connect_database(settings.database_url)
+    withdrawn, sent, failed = retract_study(
+        sessions, Spool(settings.spool_dir), default_sender(settings), args.study_uid
+    )
+    print(
+        f"study {args.study_uid}: {withdrawn} result object(s) withdrawn; rejection note sent "
+        f"to {sent} destination(s)" + (f", {failed} failed (dicom-node retry)" if failed else "")
+    )
+    return 0 if not failed else 1
+
+
 def configure_demo(parser: argparse.ArgumentParser) -> None:
     """Where the demo keeps its files, and its phantoms' seed."""
     parser.add_argument(

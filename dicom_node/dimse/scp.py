@@ -26,7 +26,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event as PynetdicomEvent
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -43,7 +43,11 @@ from dicom_node.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STORAGE_CLASSES = (
+# The radiographs the model reads are accepted in the transfer syntaxes it decodes (a sender that
+# offers others falls back to one of these); every other storage class a PACS sends within a
+# study (presentation states, key objects, reports, documents, other images) in any transfer
+# syntax: the node keeps their headers and never decodes them.
+RADIOGRAPH_CLASSES = (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
@@ -116,8 +120,17 @@ def handle_rejected(event: PynetdicomEvent, ingest: Ingest) -> None:
             Event.ASSOCIATION_REJECTED,
             Outcome.FAILURE,
             peer=peer,
-            detail="calling AE title not allowed or called AE title wrong",
+            detail=_rejection_reason(event),
         )
+
+
+def _rejection_reason(event: PynetdicomEvent) -> str:
+    """Why pynetdicom refused the association (the A-ASSOCIATE-RJ reason it sent)."""
+    called = str(event.assoc.acceptor.ae_title).strip()
+    ours = str(event.assoc.ae.ae_title).strip()
+    if called != ours:
+        return f"called AE title {called!r} is not this node's ({ours!r})"
+    return "calling AE title not allowed (allowed_calling_aets)"
 
 
 def handle_closed(event: PynetdicomEvent, ingest: Ingest) -> None:
@@ -126,13 +139,18 @@ def handle_closed(event: PynetdicomEvent, ingest: Ingest) -> None:
 
 
 def make_ae(settings: Settings) -> AE:
-    """The node's AE: CR and DX storage with the transfer syntaxes radiographs arrive in."""
+    """The node's AE: C-ECHO, every storage SOP class (CR and DX in the transfer syntaxes it
+    decodes), associations only when called by its own AE title."""
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu
     ae.require_calling_aet = list(settings.allowed_calling_aets)
+    ae.require_called_aet = True
     ae.add_supported_context(Verification)
-    for sop_class in STORAGE_CLASSES:
-        ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+    radiographs = {str(uid) for uid in RADIOGRAPH_CLASSES}
+    for context in AllStoragePresentationContexts:
+        sop_class = str(context.abstract_syntax)
+        syntaxes = TRANSFER_SYNTAXES if sop_class in radiographs else ALL_TRANSFER_SYNTAXES
+        ae.add_supported_context(sop_class, list(syntaxes))
     return ae
 
 

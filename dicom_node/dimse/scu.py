@@ -91,8 +91,11 @@ class DimseSender:
                 str(ds.SOPInstanceUID): _failed(ds, attempt, f"{reason} by {destination}")
                 for ds in datasets
             }
-        try:
-            return {str(ds.SOPInstanceUID): _store(assoc, ds, attempt) for ds in datasets}
+        try:  # each C-STORE of the association with a Message ID of its own (PS3.7 9.3.1.1)
+            return {
+                str(ds.SOPInstanceUID): _store(assoc, ds, attempt, message_id=number)
+                for number, ds in enumerate(datasets, start=1)
+            }
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -110,10 +113,10 @@ class DimseSender:
         )
 
 
-def _store(assoc: Association, ds: Dataset, attempt: int) -> SendOutcome:
+def _store(assoc: Association, ds: Dataset, attempt: int, *, message_id: int) -> SendOutcome:
     uid = str(ds.SOPInstanceUID)
     try:
-        rsp = assoc.send_c_store(ds)
+        rsp = assoc.send_c_store(ds, msg_id=message_id)
     except (ValueError, RuntimeError) as exc:  # no accepted context, or association lost
         return _failed(ds, attempt, str(exc))
     status = int(rsp.Status) if "Status" in rsp else None

@@ -153,9 +153,10 @@ def render_for_display(ds: Dataset) -> Image32:
     """The radiograph as a viewer shows it: HxW float32 in [0, 1], dense (bone) bright.
 
     Stored values pass the Modality LUT (or rescale), then the first VOI LUT or window; without
-    either, the whole range storable in BitsStored is shown. MONOCHROME1 (or a Presentation LUT
-    Shape of INVERSE) is inverted. Raises PreprocessError for colour, multi-frame, missing or
-    undecodable pixel data.
+    either, the whole range storable in BitsStored is shown. Then, as DCMTK renders it, the
+    Presentation LUT Shape decides the polarity where it is stated (INVERSE inverts, IDENTITY
+    does not, even for MONOCHROME1: PS3.3 C.11.6.1.2); where it is not, MONOCHROME1 is inverted.
+    Raises PreprocessError for colour, multi-frame, missing or undecodable pixel data.
     """
     _check_supported(ds)
     stored = _decode(ds)
@@ -165,10 +166,18 @@ def render_for_display(ds: Dataset) -> Image32:
     else:
         shown, lo, hi = _apply_voi(apply_modality_lut(stored, ds), ds)
         image = np.clip((np.asarray(shown, np.float64) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-    inverse = str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
-    if ds.PhotometricInterpretation == "MONOCHROME1" or inverse:
+    if inverted(ds):
         image = 1.0 - image
     return image.astype(np.float32)
+
+
+def inverted(ds: Dataset) -> bool:
+    """Whether the VOI output is shown inverted: by the Presentation LUT Shape where stated,
+    else for MONOCHROME1."""
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    if shape in ("INVERSE", "IDENTITY"):
+        return shape == "INVERSE"
+    return str(ds.PhotometricInterpretation) == "MONOCHROME1"
 
 
 # ---- resizing -------------------------------------------------------------------------------

@@ -47,7 +47,9 @@ def _promote(
         )
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return False  # another process promoted it, or an instance arrived meanwhile
-        job = Job(study_instance_uid=uid, state="queued", attempts=0, created_at=now)
+        job = Job(
+            study_instance_uid=uid, state="queued", reason="received", attempts=0, created_at=now
+        )
         session.add(job)
         session.flush()
         count = session.query(Instance).filter(Instance.study_instance_uid == uid).count()

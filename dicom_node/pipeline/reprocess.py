@@ -30,7 +30,11 @@ def request_reprocess(sessions: sessionmaker[Session], study_instance_uid: str) 
     with sessions.begin() as session:
         _check_reprocessable(session, study_instance_uid)
         job = Job(
-            study_instance_uid=study_instance_uid, state="queued", attempts=0, created_at=utcnow()
+            study_instance_uid=study_instance_uid,
+            state="queued",
+            reason="reprocess",
+            attempts=0,
+            created_at=utcnow(),
         )
         session.add(job)
         session.flush()

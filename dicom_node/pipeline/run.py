@@ -1,24 +1,26 @@
 """The pipeline of one study, in one place:
 
-load sources -> select images -> preprocess -> infer -> explain (Grad-CAM)
--> encode SR (naming the report it replaces) + SCs (as each destination wants them)
--> store results, report and deliveries -> send -> job done | skipped | failed
+load sources -> images apart from other objects -> select images -> preprocess -> infer
+-> explain (Grad-CAM) -> report: choose the SR (reuse or new version) and SCs, withdraw what a new
+version replaces -> record results, objects and deliveries -> send -> job done | skipped
+
+A job that fails for good still reports (`report_failure`): an SR saying that the study could not
+be analysed and why, for every image of it.
 """
 
 from __future__ import annotations
 
-import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import audit
-from dicom_node.audit import Event, Outcome
 from dicom_node.dimse.scu import Sender
 from dicom_node.domain import (
     FindingResult,
@@ -35,32 +37,17 @@ from dicom_node.model.decode_pool import DecodePool, prepare_files
 from dicom_node.model.explain import map_to_display
 from dicom_node.model.preprocess import PreprocessError
 from dicom_node.pipeline.deliver import deliver
-from dicom_node.pipeline.selection import skip_reason
-from dicom_node.settings import Destination, Settings
+from dicom_node.pipeline.record import record_results
+from dicom_node.pipeline.results import JobContext, choose_results
+from dicom_node.pipeline.selection import is_image, skip_reason
+from dicom_node.settings import Settings
+from dicom_node.store.database import reading
 from dicom_node.store.jobs import ClaimedJob
-from dicom_node.store.reports import predecessors, record_report
-from dicom_node.store.schema import Delivery, Instance, Result, Skip, utcnow
+from dicom_node.store.schema import Instance
 from dicom_node.store.spool import Spool
 from structured_reports.results import SC_FINDINGS, ScFindings
-from structured_reports.sc import build_gradcam_scs
-from structured_reports.sr import build_classification_sr
 
 log = logging.getLogger(__name__)
-
-SR_SERIES_NUMBER = 9901
-SC_SERIES_NUMBERS: dict[ScFindings, int] = {"present": 9902, "all": 9903, "per_finding": 9904}
-
-
-@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
-class ResultObject:
-    """An encoded result: the SR (`sc_findings` None) or an SC made for that `sc_findings`."""
-
-    dataset: Dataset
-    sc_findings: ScFindings | None = None
-
-    @property
-    def is_sr(self) -> bool:
-        return self.sc_findings is None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -85,43 +72,115 @@ class Services:
 def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:
     """Analyse one study and deliver its results; each stage is a plain function below."""
     sources = load_sources(ctx.sessions, job.study_instance_uid)
-    eligible, skipped = select_images(sources, ctx.settings.require_view_position)
+    images, others = separate_images(sources)
+    eligible, skipped = select_images(images, ctx.settings.require_view_position)
     prepared, unreadable = prepare_images(
         eligible, ctx.bundle, ctx.settings.sc_max_side, ctx.decode_pool
     )
-    images = analyse(ctx, prepared)
+    analysed = analyse(ctx, prepared)
+    return report(ctx, job, analysed, [*skipped, *unreadable], others)
+
+
+def report_failure(ctx: Services, job: ClaimedJob, reason: str) -> JobOutcome:
+    """The SR of a study whose analysis failed for good: every image not analysed, with why.
+    It replaces no earlier result."""
+    images, others = separate_images(load_sources(ctx.sessions, job.study_instance_uid))
+    skipped = [SkippedImage(source=s.header, reason=f"analysis failed: {reason}") for s in images]
+    return report(ctx, job, [], skipped, others, failure=reason)
+
+
+def report(
+    ctx: Services,
+    job: ClaimedJob,
+    analysed: Sequence[ImageResult],
+    skipped: Sequence[SkippedImage],
+    others: Sequence[SkippedImage],
+    *,
+    failure: str | None = None,
+) -> JobOutcome:
+    """Choose, write, record and send the study's result objects; how the job ended."""
+    if not analysed and not skipped:
+        return _nothing_to_report(ctx, job, others)
     study = StudyResult(
         study_instance_uid=job.study_instance_uid,
         model=ctx.bundle.identity,
-        images=tuple(images),
-        skipped=(*skipped, *unreadable),
+        images=tuple(analysed),
+        skipped=tuple(skipped),
+        failure=failure,
     )
-    previous = predecessors(ctx.sessions, study)
-    objects = encode_results(
-        study, previous_versions=previous, sc_findings=wanted_sc_findings(ctx.settings)
-    )
-    delivery_ids = store_results(ctx, job, study, objects, previous=previous)
+    context = JobContext(job_id=job.id, reprocess=job.reason == "reprocess", replaces=not failure)
+    # Encoding takes a while: on a read-only snapshot, so that C-STORE commits go on meanwhile.
+    with reading(ctx.sessions) as session:
+        files = choose_results(session, ctx.spool, study, context, wanted_sc_findings(ctx.settings))
+    with ctx.sessions.begin() as session:
+        delivery_ids = record_results(
+            session,
+            job_id=job.id,
+            study_instance_uid=job.study_instance_uid,
+            study=study,
+            others=others,
+            files=files,
+            destinations=ctx.settings.destinations,
+            model=ctx.model_label,
+        )
     sent, failed = deliver(ctx.sessions, ctx.sender, delivery_ids, model=ctx.model_label)
     return summarise(study, sent, failed)
 
 
 def load_sources(sessions: sessionmaker[Session], study_instance_uid: str) -> list[SourceImage]:
+    """The study's stored instances, oldest first, each with its header (no pixels); a file
+    that cannot be read gets a header of what its row records and its reason."""
     with sessions() as session:
-        paths = session.scalars(
-            select(Instance.path)
+        rows = session.scalars(
+            select(Instance)
             .where(Instance.study_instance_uid == study_instance_uid)
             .order_by(Instance.received_at)
         ).all()
-    return [SourceImage(path=Path(p), header=dcmread(p, stop_before_pixels=True)) for p in paths]
+    return [_source(row) for row in rows]
+
+
+def _source(row: Instance) -> SourceImage:
+    try:
+        return SourceImage(path=Path(row.path), header=dcmread(row.path, stop_before_pixels=True))
+    except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
+        header = Dataset()
+        header.SOPClassUID, header.SOPInstanceUID = row.sop_class_uid, row.sop_instance_uid
+        header.StudyInstanceUID = row.study_instance_uid
+        header.SeriesInstanceUID = row.series_instance_uid
+        log.warning("stored instance cannot be read: %s", type(exc).__name__)
+        return SourceImage(path=Path(row.path), header=header, unreadable=f"{type(exc).__name__}")
+
+
+def separate_images(
+    sources: Sequence[SourceImage],
+) -> tuple[list[SourceImage], list[SkippedImage]]:
+    """The images of the study, and its other objects (presentation states, key object
+    selections, reports, documents; files that cannot be read), each with why it is not read."""
+    images: list[SourceImage] = []
+    others: list[SkippedImage] = []
+    for source in sources:
+        if source.unreadable:
+            reason = f"the stored file cannot be read ({source.unreadable})"
+            others.append(SkippedImage(source=source.header, reason=reason))
+        elif is_image(source.header):
+            images.append(source)
+        else:
+            reason = "not an image: " + str(source.header.SOPClassUID.name or "unknown SOP class")
+            others.append(SkippedImage(source=source.header, reason=reason))
+    return images, others
 
 
 def select_images(
     sources: list[SourceImage], require_view_position: bool
 ) -> tuple[list[SourceImage], list[SkippedImage]]:
+    """The images the model may read, and every other image with its reason."""
     eligible: list[SourceImage] = []
     skipped: list[SkippedImage] = []
     for source in sources:
-        reason = skip_reason(source.header, require_view_position=require_view_position)
+        try:
+            reason = skip_reason(source.header, require_view_position=require_view_position)
+        except (ValueError, TypeError) as exc:  # a malformed value: this image only
+            reason = f"header: {exc}"
         if reason is None:
             eligible.append(source)
         else:
@@ -145,7 +204,7 @@ def prepare_images(
             PreparedImage(
                 header=source.header,
                 display=outcome.display,
-                model_input=torch.from_numpy(outcome.model_input),
+                model_input=outcome.model_input,
                 letterbox=outcome.letterbox,
             )
         )
@@ -158,8 +217,8 @@ def analyse(ctx: Services, prepared: list[PreparedImage]) -> list[ImageResult]:
     if not prepared:
         return []
     bundle = ctx.bundle
-    analysis = ctx.batcher.analyse(torch.stack([p.model_input for p in prepared]))
-    probabilities, cams = analysis.probabilities, analysis.maps
+    batch = torch.stack([torch.from_numpy(p.model_input) for p in prepared])
+    analysis = ctx.batcher.analyse(batch)
     return [
         ImageResult(
             source=p.header,
@@ -175,27 +234,8 @@ def analyse(ctx: Services, prepared: list[PreparedImage]) -> list[ImageResult]:
                 for index, cam in image_cams.items()
             },
         )
-        for p, row, image_cams in zip(prepared, probabilities, cams, strict=True)
+        for p, row, image_cams in zip(prepared, analysis.probabilities, analysis.maps, strict=True)
     ]
-
-
-def encode_results(
-    study: StudyResult,
-    *,
-    previous_versions: list[Dataset] | None = None,
-    sc_findings: tuple[ScFindings, ...] = ("present",),
-) -> list[ResultObject]:
-    """The SR for the study (also when nothing could be analysed), naming the reports it
-    replaces, and the SCs of every analysed image for each choice in `sc_findings`."""
-    sr = build_classification_sr(
-        study, previous_versions=previous_versions or (), series_number=SR_SERIES_NUMBER
-    )
-    objects = [ResultObject(dataset=sr)]
-    for findings in sc_findings:
-        objects += [
-            ResultObject(dataset=ds, sc_findings=findings) for ds in _numbered_scs(study, findings)
-        ]
-    return objects
 
 
 def wanted_sc_findings(settings: Settings) -> tuple[ScFindings, ...]:
@@ -205,50 +245,11 @@ def wanted_sc_findings(settings: Settings) -> tuple[ScFindings, ...]:
     return tuple(f for f in SC_FINDINGS if f in wanted) or ("present",)
 
 
-def _numbered_scs(study: StudyResult, findings: ScFindings) -> list[Dataset]:
-    scs: list[Dataset] = []
-    for image in study.images:
-        scs += build_gradcam_scs(
-            image,
-            study.model,
-            findings=findings,
-            series_number=SC_SERIES_NUMBERS[findings],
-            first_instance_number=len(scs) + 1,
-        )
-    return scs
-
-
-def store_results(
-    ctx: Services,
-    job: ClaimedJob,
-    study: StudyResult,
-    objects: list[ResultObject],
-    *,
-    previous: list[Dataset] | None = None,
-) -> list[int]:
-    """Write result files, then results, skips, the report and pending deliveries in one
-    transaction."""
-    paths = [_write_result(ctx.spool, obj.dataset) for obj in objects]
-    with ctx.sessions.begin() as session:
-        _add_findings(session, job.id, study)
-        _add_skips(session, job.id, study, ctx.model_label)
-        [(sr, sr_path)] = [(o.dataset, p) for o, p in zip(objects, paths, strict=True) if o.is_sr]
-        record_report(
-            session, job_id=job.id, sr=sr, study=study, path=sr_path, previous=previous or []
-        )
-        deliveries = [
-            _delivery(job, obj.dataset, path, destination)
-            for obj, path in zip(objects, paths, strict=True)
-            for destination in ctx.settings.destinations
-            if _wants(destination, obj)
-        ]
-        session.add_all(deliveries)
-        session.flush()
-        return [d.id for d in deliveries]
-
-
 def summarise(study: StudyResult, sent: int, failed: int) -> JobOutcome:
+    """How the job ended, in one line."""
     delivery = f"{sent} result object(s) delivered" + (f", {failed} failed" if failed else "")
+    if study.failure:
+        return JobOutcome(state="failed", detail=f"{study.failure}; {delivery}")
     if not study.analysed:
         reasons = "; ".join(sorted({s.reason for s in study.skipped}))
         return JobOutcome(state="skipped", detail=f"no image analysed ({reasons}); {delivery}")
@@ -257,71 +258,21 @@ def summarise(study: StudyResult, sent: int, failed: int) -> JobOutcome:
     return JobOutcome(state="done", detail=f"{len(study.images)} image(s): {found}; {delivery}")
 
 
-def _write_result(spool: Spool, ds: Dataset) -> Path:
-    path = spool.result_path(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    spool.store(path, buffer.getvalue())
-    return path
-
-
-def _add_findings(session: Session, job_id: int, study: StudyResult) -> None:
-    model = study.model
-    session.add_all(
-        Result(
-            job_id=job_id,
-            study_instance_uid=study.study_instance_uid,
-            sop_instance_uid=image.sop_instance_uid,
-            label=finding.label,
-            probability=finding.probability,
-            threshold=finding.threshold,
-            present=finding.present,
-            model_name=model.name,
-            model_version=model.version,
-            model_sha256=model.weights_sha256,
-        )
-        for image in study.images
-        for finding in image.findings
-    )
-
-
-def _add_skips(session: Session, job_id: int, study: StudyResult, model: str) -> None:
-    for skipped in study.skipped:
-        session.add(
-            Skip(job_id=job_id, sop_instance_uid=skipped.sop_instance_uid, reason=skipped.reason)
-        )
-        audit.record(
+def _nothing_to_report(
+    ctx: Services, job: ClaimedJob, others: Sequence[SkippedImage]
+) -> JobOutcome:
+    """A study without any image (only presentation states, key objects, reports): recorded,
+    and no SR, which would have no image to name."""
+    with ctx.sessions.begin() as session:
+        record_results(
             session,
-            Event.IMAGE_SKIPPED,
-            Outcome.SKIPPED,
-            study_instance_uid=study.study_instance_uid,
-            sop_instance_uid=skipped.sop_instance_uid,
-            sop_class_uid=str(skipped.source.get("SOPClassUID", "")) or None,
-            job_id=job_id,
-            model=model,
-            detail=skipped.reason,
+            job_id=job.id,
+            study_instance_uid=job.study_instance_uid,
+            study=None,
+            others=others,
+            files=(),
+            destinations=(),
+            model=ctx.model_label,
         )
-
-
-def _wants(destination: Destination, obj: ResultObject) -> bool:
-    """The SR goes where `send_sr`; an SC where `send_sc` and it was made for the destination's
-    `sc_findings`."""
-    if obj.is_sr:
-        return destination.send_sr
-    return destination.send_sc and destination.sc_findings == obj.sc_findings
-
-
-def _delivery(job: ClaimedJob, ds: Dataset, path: Path, destination: Destination) -> Delivery:
-    return Delivery(
-        job_id=job.id,
-        study_instance_uid=job.study_instance_uid,
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(ds.SOPClassUID),
-        path=str(path),
-        destination_ae=destination.ae_title,
-        destination_host=destination.host,
-        destination_port=destination.port,
-        state="pending",
-        attempts=0,
-        updated_at=utcnow(),
-    )
+    kinds = "; ".join(sorted({o.reason for o in others})) or "nothing stored"
+    return JobOutcome(state="skipped", detail=f"no image in the study ({kinds}); no SR sent")

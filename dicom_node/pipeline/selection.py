@@ -1,5 +1,12 @@
-"""Select: which images of a study the model may read (frontal chest CR/DX). Every other image
-gets a reason, recorded as a skip; nothing is dropped silently."""
+"""Select: which images of a study the model may read (frontal chest CR and DX For Presentation).
+Every other image gets a reason, recorded as a skip; nothing is dropped silently.
+
+The view is read from View Position (0018,5101) or, where a modality states it only as a code,
+from the View Code Sequence (0054,0220; CID 4010 DX View). DX For Processing images are skipped:
+their pixels are the detector's raw values before the modality's image processing, not meant for
+viewing (PS3.3 C.8.11.1.1.1), and a model trained on displayed radiographs must not read them;
+the modality sends the For Presentation image of the same exposure, which is analysed.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +17,28 @@ from pydicom.uid import (
     DigitalXRayImageStorageForProcessing,
 )
 
-RADIOGRAPH_CLASSES = frozenset(
-    {
-        str(ComputedRadiographyImageStorage),
-        str(DigitalXRayImageStorageForPresentation),
-        str(DigitalXRayImageStorageForProcessing),
-    }
+READ_CLASSES = frozenset(
+    {str(ComputedRadiographyImageStorage), str(DigitalXRayImageStorageForPresentation)}
 )
 FRONTAL_VIEWS = frozenset({"PA", "AP"})
-CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "TORAX", "THORAX")
+CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "TORAX")
+# CID 4010 DX View: SNOMED CT and the legacy SNOMED RT codes of the frontal and lateral views.
+VIEW_CODES = {
+    ("SCT", "272479007"): "PA",
+    ("SRT", "R-10214"): "PA",
+    ("SCT", "399348003"): "AP",
+    ("SRT", "R-10206"): "AP",
+    ("SCT", "399173006"): "LL",
+    ("SRT", "R-10232"): "LL",
+    ("SCT", "399198007"): "RL",
+    ("SRT", "R-10236"): "RL",
+}
+
+
+def is_image(ds: Dataset) -> bool:
+    """True for an image (it has rows and columns), false for presentation states, key object
+    selections, reports and documents."""
+    return "Rows" in ds and "Columns" in ds
 
 
 def skip_reason(ds: Dataset, *, require_view_position: bool = True) -> str | None:
@@ -30,9 +50,29 @@ def skip_reason(ds: Dataset, *, require_view_position: bool = True) -> str | Non
     return _view(ds, require_view_position)
 
 
+def stated_view(ds: Dataset) -> str:
+    """The view as View Position states it, else as the View Code Sequence codes it ('' when
+    neither says)."""
+    position = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if position:
+        return position
+    for item in ds.get("ViewCodeSequence") or []:
+        scheme, value = str(item.get("CodingSchemeDesignator", "")), str(item.get("CodeValue", ""))
+        if (scheme, value) in VIEW_CODES:
+            return VIEW_CODES[(scheme, value)]
+        meaning = str(item.get("CodeMeaning", "") or value)
+        return f"'{meaning}'"
+    return ""
+
+
 def _sop_class(ds: Dataset) -> str | None:
     sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class not in RADIOGRAPH_CLASSES:
+    if sop_class == str(DigitalXRayImageStorageForProcessing):
+        return (
+            "DX For Processing: raw detector values not meant for display; the For Presentation "
+            "image of the exposure is the one analysed"
+        )
+    if sop_class not in READ_CLASSES:
         return f"SOP class {sop_class or '(none)'} is not CR or DX image storage"
     return None
 
@@ -43,11 +83,22 @@ def _modality(ds: Dataset) -> str | None:
 
 
 def _pixels(ds: Dataset) -> str | None:
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+    if _integer(ds, "NumberOfFrames", 1) > 1:
         return "multi-frame images are not supported"
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    if _integer(ds, "SamplesPerPixel", 1) != 1:
         return "colour images are not supported (radiographs are greyscale)"
     return None
+
+
+def _integer(ds: Dataset, keyword: str, default: int) -> int:
+    """An IS/US value, or `default` when absent or empty; ValueError naming it when unreadable."""
+    value = ds.get(keyword)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{keyword} {value!r} is not a number") from exc
 
 
 def _body_part(ds: Dataset) -> str | None:
@@ -65,9 +116,11 @@ def _body_part(ds: Dataset) -> str | None:
 
 
 def _view(ds: Dataset, require_view_position: bool) -> str | None:
-    view = str(ds.get("ViewPosition", "")).upper()
+    view = stated_view(ds)
     if view in FRONTAL_VIEWS:
         return None
     if view:
         return f"view position {view} is not frontal (PA or AP)"
-    return "view position not stated (PA or AP required)" if require_view_position else None
+    if require_view_position:
+        return "view position not stated (View Position or View Code Sequence: PA or AP required)"
+    return None

@@ -12,7 +12,7 @@ from dicom_node import audit
 from dicom_node.audit import Event, Outcome
 from dicom_node.log import bound
 from dicom_node.pipeline.assemble import promote_ready_studies
-from dicom_node.pipeline.run import Services, run_study
+from dicom_node.pipeline.run import Services, report_failure, run_study
 from dicom_node.store import jobs
 from dicom_node.store.jobs import ClaimedJob
 
@@ -59,10 +59,10 @@ class Worker:
 
     def abandon(self, job: ClaimedJob) -> None:
         """A job whose every attempt ended without an outcome (its worker died each time): it is
-        not analysed again, it is recorded as failed."""
-        detail = f"abandoned after {job.attempt - 1} attempt(s); the worker died each time?"
-        self._record_end(job, "failed", detail)
-        log.error("job %d failed: %s", job.id, detail)
+        not analysed again; it fails, and its study gets the SR that says so."""
+        with bound(job=job.id, study=job.study_instance_uid):
+            detail = f"abandoned after {job.attempt - 1} attempt(s); the worker died each time?"
+            self._finish(job, "failed", detail)
 
     def process(self, job: ClaimedJob) -> None:
         """Run the pipeline on the claimed job, renewing its lease meanwhile; record the end."""
@@ -83,8 +83,26 @@ class Worker:
         finally:
             done.set()
             heartbeat.join()
-        self._record_end(job, state, detail)
-        log.info("job %d %s: %s", job.id, state, detail)
+        self._finish(job, state, detail)
+
+    def _finish(self, job: ClaimedJob, state: str, detail: str) -> None:
+        """Record how the job ended; a failure after the last attempt first sends the study's
+        "could not be analysed" SR (nothing acknowledged is left unanswered)."""
+        retry = state == "failed" and job.attempt < self.ctx.settings.max_job_attempts
+        if state == "failed" and not retry:
+            detail = self._report_failure(job, detail)
+        self._record_end(job, state, detail, retry=retry)
+        if state == "failed":
+            log.error("job %d failed%s: %s", job.id, " (will retry)" if retry else "", detail)
+        else:
+            log.info("job %d %s: %s", job.id, state, detail)
+
+    def _report_failure(self, job: ClaimedJob, reason: str) -> str:
+        try:
+            return report_failure(self.ctx, job, reason).detail
+        except Exception:  # the report failed too: the job stays failed, and says so
+            log.exception("job %d: the SR saying it failed could not be made or sent", job.id)
+            return f"{reason}; no SR could be sent"
 
     def _renew(self, job: ClaimedJob, done: threading.Event) -> None:
         interval = self.ctx.settings.lease_seconds / 3
@@ -106,8 +124,7 @@ class Worker:
                 detail=f"attempt {job.attempt} by {self.name}",
             )
 
-    def _record_end(self, job: ClaimedJob, state: str, detail: str) -> None:
-        retry = state == "failed" and job.attempt < self.ctx.settings.max_job_attempts
+    def _record_end(self, job: ClaimedJob, state: str, detail: str, *, retry: bool) -> None:
         event, outcome = FINISHED_EVENTS[state]
         with self.ctx.sessions.begin() as session:
             jobs.finish(session, job.id, "queued" if retry else state, detail)

@@ -80,3 +80,13 @@ def open_database(url: str) -> sessionmaker[Session]:
     engine = make_engine(url)
     upgrade_schema(engine)
     return make_session_factory(engine)
+
+
+def reading(sessions: sessionmaker[Session]) -> Session:
+    """A session for long read-only work on one snapshot. On SQLite a deferred transaction (WAL
+    readers see a snapshot), so that writers on the C-STORE path are not held up meanwhile."""
+    engine = sessions.kw["bind"]
+    if engine.dialect.name == "sqlite":
+        return sessions(bind=engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"}))
+    # one snapshot for the whole read: rows and head agree even while writers go on
+    return sessions(bind=engine.execution_options(isolation_level="REPEATABLE READ"))

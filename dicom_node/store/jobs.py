@@ -20,6 +20,7 @@ class ClaimedJob:
     id: int
     study_instance_uid: str
     attempt: int
+    reason: str = "received"
 
 
 def _claimable(now: dt.datetime) -> object:
@@ -56,7 +57,7 @@ def _try_claim(
         job = session.get(Job, job_id)
         if job is None:
             return None
-        attempt, study = job.attempts + 1, job.study_instance_uid
+        attempt, study, reason = job.attempts + 1, job.study_instance_uid, job.reason
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, _claimable(now))  # type: ignore[arg-type]
@@ -70,7 +71,7 @@ def _try_claim(
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return None  # another worker was faster
-        return ClaimedJob(id=job_id, study_instance_uid=study, attempt=attempt)
+        return ClaimedJob(id=job_id, study_instance_uid=study, attempt=attempt, reason=reason)
 
 
 def renew(sessions: sessionmaker[Session], job_id: int, worker: str, lease_seconds: float) -> bool:
