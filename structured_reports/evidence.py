@@ -11,6 +11,7 @@ set and the result is written in UTF-8 (`ISO_IR 192`), which holds every reperto
 from __future__ import annotations
 
 import contextlib
+import copy
 
 from pydicom import Dataset
 
@@ -41,7 +42,7 @@ def evidence_header(source: Dataset) -> Dataset:
         except (ValueError, TypeError, LookupError, KeyError):  # a value pydicom cannot read
             continue
         if element.keyword not in _NOT_COPIED:
-            header.add(element)
+            header.add(copy.deepcopy(element))  # never the source's own element objects
     with contextlib.suppress(ValueError, LookupError):  # unknown character set: values as read
         header.decode()
     header.SpecificCharacterSet = RESULT_CHARACTER_SET

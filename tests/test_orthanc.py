@@ -22,7 +22,7 @@ from sqlalchemy import select
 from dicom_node.node import Node
 from dicom_node.pipeline.reprocess import request_reprocess
 from dicom_node.store.jobs import wait_finished
-from dicom_node.store.schema import AuditEvent, Job
+from dicom_node.store.schema import AuditEvent, Job, Skip
 from dicom_node.testing import node_settings
 from structured_reports.overlay import overlay_layout
 from tests.conftest import chest_image, write_study
@@ -36,6 +36,7 @@ from tests.peers import (
     upload_files,
     wait_for_study_instances,
 )
+from tests.real_world import gsps_for, kos_for
 from tests.webviewer import (
     CHROMIUM,
     coloured,
@@ -191,3 +192,47 @@ def test_reprocessed_study_adds_a_new_sr_version_and_a_rejection_note_in_orthanc
     assert added == sorted(
         [str(KeyObjectSelectionDocumentStorage), str(COMPREHENSIVE_3D_SR_STORAGE)]
     )
+
+
+def test_study_level_push_with_presentation_state_and_key_object(
+    flow: Flow, tmp_path: Path
+) -> None:
+    """Orthanc pushes a whole study at study level (REST /modalities/{id}/store): a PA, a
+    lateral, a GSPS and a KOS. The push succeeds; the PA is analysed, the lateral skipped, the
+    GSPS and KOS recorded as received and not analysed; the SR and SC come back into that study.
+    Pushed again, now holding the node's SR and SC, nothing is analysed again: no new job, the
+    node's results are recorded as its own and not stored, the sources as duplicates."""
+    api, node = flow.orthanc.api, flow.node
+    study_uid = str(generate_uid())
+    pa = chest_image(study_uid=study_uid, findings=("Effusion",), size=SOURCE_SIZE)
+    lateral = chest_image(study_uid=study_uid, view_position="LL", seed=2, size=SOURCE_SIZE)
+    files = write_study(tmp_path / "study", [pa, lateral])
+    files += [gsps_for(pa, tmp_path), kos_for(pa, tmp_path)]
+    upload_files(api, files)
+    send_study(api, modality="DICOMNODE", study_instance_uid=study_uid)
+    job = wait_finished(node.sessions, study_uid, timeout=60)
+    instances = wait_for_study_instances(api, study_uid, 6, timeout=30)
+    assert job.state == "done", job.detail
+    classes = sorted(i.sop_class_uid for i in instances)
+    assert classes.count(SR_CLASS) == 1 and classes.count(SC_CLASS) == 1
+    with node.sessions() as session:
+        rows = session.scalars(select(Skip).where(Skip.job_id == job.id)).all()
+        skips = {row.sop_instance_uid: row.reason for row in rows}
+    assert "not frontal" in skips[str(lateral.SOPInstanceUID)]
+    assert sum(reason.startswith("not an image") for reason in skips.values()) == 2
+
+    send_study(api, modality="DICOMNODE", study_instance_uid=study_uid)  # with our SR and SC
+    time.sleep(node.settings.quiet_seconds + 2.0)
+    with node.sessions() as session:
+        jobs = session.scalars(select(Job).where(Job.study_instance_uid == study_uid)).all()
+        received = session.scalars(
+            select(AuditEvent).where(
+                AuditEvent.study_instance_uid == study_uid,
+                AuditEvent.event_type == "instance_received",
+                AuditEvent.id > max(e.id for e in flow.events),
+            )
+        ).all()
+    assert [j.id for j in jobs] == [job.id]  # the study was not analysed again
+    outcomes = sorted(e.outcome for e in received)
+    assert outcomes.count("skipped") == 2  # the node's own SR and SC, recognised
+    assert outcomes.count("duplicate") == 4 and outcomes.count("success") == 4

@@ -60,10 +60,13 @@ def prepare_file(path: Path, spec: InputSpec, max_side: int) -> PreparedPixels:
 
 
 def _outcome(path: Path, spec: InputSpec, max_side: int) -> Outcome:
+    """One file's pixels, or why not: a malformed value costs this image only."""
     try:
         return prepare_file(path, spec, max_side)
     except PreprocessError as exc:
         return exc
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        return PreprocessError(f"unreadable header value ({type(exc).__name__}: {exc})")
 
 
 def _child_init() -> None:

@@ -106,7 +106,7 @@ def _apply_voi(values: npt.NDArray[Any], ds: Dataset) -> tuple[npt.NDArray[Any],
     if ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
         try:
             return apply_voi_lut(values, ds, index=0), lo, hi
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, TypeError) as exc:
             raise PreprocessError(f"invalid window (0028,1050)/(0028,1051): {exc}") from exc
     return values, lo, hi
 
