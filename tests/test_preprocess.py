@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,37 @@ def test_monochrome1_displays_like_monochrome2(bits: int) -> None:
     mono1 = render_for_display(_phantom_ds(photometric="MONOCHROME1", bits_stored=bits))
     mono2 = render_for_display(_phantom_ds(photometric="MONOCHROME2", bits_stored=bits))
     assert np.allclose(mono1, mono2, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("photometric", "shape"),
+    [
+        ("MONOCHROME1", "IDENTITY"),
+        ("MONOCHROME1", "INVERSE"),
+        ("MONOCHROME1", None),
+        ("MONOCHROME2", "IDENTITY"),
+        ("MONOCHROME2", "INVERSE"),
+    ],
+)
+def test_polarity_follows_the_presentation_lut_shape_as_dcmtk_renders_it(
+    tmp_path: Path, photometric: str, shape: str | None
+) -> None:
+    """DCMTK dcm2pnm (first window) and the node show every photometric interpretation and
+    Presentation LUT Shape alike: the shape decides where stated (a MONOCHROME1 image with
+    IDENTITY is not inverted), MONOCHROME1 is inverted where it is not."""
+    ds = _phantom_ds(photometric=photometric, modality="CR")
+    if shape is None:
+        del ds.PresentationLUTShape
+    else:
+        ds.PresentationLUTShape = shape
+    path = tmp_path / "image.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    png = tmp_path / "dcmtk.png"
+    subprocess.run(["/usr/bin/dcm2pnm", "--write-png", "+Wi", "1", str(path), str(png)], check=True)
+    dcmtk = np.asarray(Image.open(png), np.float32) / 255.0
+    ours = render_for_display(ds)
+    assert float(np.corrcoef(ours.ravel(), dcmtk.ravel())[0, 1]) > 0.99
+    assert float(np.abs(ours - dcmtk).mean()) < 0.01
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless])

@@ -17,12 +17,14 @@ import pytest
 from highdicom.sr import Comprehensive3DSR
 from pydicom import Dataset, dcmread
 from pydicom.uid import SecondaryCaptureImageStorage
+from sqlalchemy import select
 
 from dicom_node.node import Node
 from dicom_node.store.jobs import wait_finished
+from dicom_node.store.schema import Skip
 from dicom_node.testing import node_settings
 from tests.dicom_validators import dciodvfy_errors, run_tool
-from tests.peers import StoreSCP
+from tests.peers import StoreSCP, storescu
 from tests.real_world import (
     FUJI_CR_TIBIA,
     PHILIPS_CR_CHEST,
@@ -31,6 +33,8 @@ from tests.real_world import (
     Variant,
     compressed,
     fresh_copy,
+    gsps_for,
+    kos_for,
     view_only_as_code,
     with_patient_name_in,
     with_request_attributes,
@@ -184,3 +188,25 @@ def _check_case(name: str, source: Dataset, sr: Dataset, scs: list[Dataset]) -> 
     if scs:
         assert scs[0].StudyDescription == source.get("StudyDescription", scs[0].StudyDescription)
     assert sr.SeriesDate and sr.SeriesTime
+
+
+def test_dcmtk_storescu_pushes_a_folder_with_a_gsps_and_a_kos(
+    node: Node, pacs: StoreSCP, tmp_path: Path
+) -> None:
+    """DCMTK storescu sends a study folder holding the Philips PA, a GSPS and a KOS: every file
+    is accepted (it used to abort at the GSPS), the PA is analysed, and the GSPS and KOS are
+    recorded as received and not analysed."""
+    folder = tmp_path / "study"
+    pa_path = fresh_copy(PHILIPS_CR_CHEST, folder / "pa")
+    pa = dcmread(pa_path, stop_before_pixels=True)
+    files = [pa_path, gsps_for(pa, folder), kos_for(pa, folder)]
+    sent = storescu(files, port=node.port)
+    assert sent.returncode == 0, sent.stderr
+    job = wait_finished(node.sessions, str(pa.StudyInstanceUID), timeout=120)
+    assert job.state == "done", job.detail
+    with node.sessions() as session:
+        rows = session.scalars(select(Skip).where(Skip.job_id == job.id)).all()
+        reasons = sorted(row.reason for row in rows)
+    assert len(reasons) == 2 and all(r.startswith("not an image") for r in reasons)
+    received = results_at(pacs, str(pa.StudyInstanceUID), lambda found: len(found) >= 2)
+    assert sorted(ds.Modality for ds in received if ds.Modality == "SR") == ["SR"]

@@ -142,6 +142,39 @@ def test_duplicate_sop_instance_is_idempotent(receiver: Node, study_uid: str) ->
     assert outcomes == ["duplicate", "success"]
 
 
+def test_wrong_called_ae_title_is_rejected_and_audited(receiver: Node, tmp_path: Path) -> None:
+    """An association calling another AE title than the node's is refused (A-ASSOCIATE-RJ) and
+    the refusal audited naming the called AE title."""
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(DigitalXRayImageStorageForPresentation)
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="SOMEONE-ELSE")
+    assert assoc.is_rejected
+    (event,) = _events(receiver, "association_rejected")
+    assert "SOMEONE-ELSE" in (event.detail or "") and event.outcome == "failure"
+
+
+def test_changed_instance_under_a_known_uid_replaces_it_and_keeps_the_first(
+    receiver: Node, study_uid: str
+) -> None:
+    """The same SOP Instance UID with other content: accepted (0x0000), the new content stored,
+    the first kept beside it, and the audit row says it replaced an instance."""
+    first = chest_image(study_uid=study_uid)
+    assert _store_with_pynetdicom(receiver.port, first) == 0x0000
+    changed = chest_image(study_uid=study_uid, seed=9)
+    changed.SOPInstanceUID, changed.SeriesInstanceUID = (
+        first.SOPInstanceUID,
+        first.SeriesInstanceUID,
+    )
+    assert _store_with_pynetdicom(receiver.port, changed) == 0x0000
+    with receiver.sessions() as session:
+        row = session.get_one(Instance, str(first.SOPInstanceUID))
+    assert dcmread(row.path).PixelData == changed.PixelData
+    [kept] = Path(row.path).parent.glob("*.replaced-*.dcm")
+    assert dcmread(kept).PixelData == first.PixelData
+    details = [e.detail or "" for e in _events(receiver, "instance_received")]
+    assert sum("replaces the instance received before" in d for d in details) == 1
+
+
 def test_unwritable_spool_gets_a700_and_nothing_is_recorded(
     make_settings: SettingsFactory, tmp_path: Path, study_uid: str
 ) -> None:

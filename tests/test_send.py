@@ -30,6 +30,7 @@ class FlakyPacs:
     def __init__(self, statuses: list[int]) -> None:
         self.statuses = list(statuses)
         self.stored: list[str] = []
+        self.message_ids: list[int] = []
         ae = AE(ae_title="FLAKY")
         ae.add_supported_context(DigitalXRayImageStorageForPresentation)
         handlers: list[Any] = [(evt.EVT_C_STORE, self._store)]
@@ -39,6 +40,7 @@ class FlakyPacs:
         )
 
     def _store(self, event: Any) -> int:
+        self.message_ids.append(int(event.request.MessageID))
         status = self.statuses.pop(0) if self.statuses else 0x0000
         if status == 0x0000:
             self.stored.append(str(event.request.AffectedSOPInstanceUID))
@@ -97,6 +99,18 @@ def test_send_command_skips_non_dicom_files_and_names_failures(
     assert len(failures) == 2
     assert all("status 0xA700 (Refused: Out of Resources)" in line for line in failures)
     assert "2 of 2 instance(s) not stored" in printed.err
+
+
+def test_each_c_store_of_an_association_has_its_own_message_id(files: list[Path]) -> None:
+    """The SCU numbers the C-STOREs of one association 1, 2, ... (PS3.7 9.3.1.1), not 1 each."""
+    pacs = FlakyPacs([])
+    sender = DimseSender(ae_title="DICOMNODE", attempts=1)
+    try:
+        outcomes = sender.send(pacs.destination, files)
+    finally:
+        pacs.server.shutdown()
+    assert all(o.ok for o in outcomes)
+    assert pacs.message_ids == [1, 2]
 
 
 def test_persistent_failure_is_reported_not_success(files: list[Path]) -> None:

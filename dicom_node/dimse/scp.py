@@ -126,8 +126,9 @@ def handle_rejected(event: PynetdicomEvent, ingest: Ingest) -> None:
 
 def _rejection_reason(event: PynetdicomEvent) -> str:
     """Why pynetdicom refused the association (the A-ASSOCIATE-RJ reason it sent)."""
-    called = str(event.assoc.acceptor.ae_title).strip()
-    ours = str(event.assoc.ae.ae_title).strip()
+    request = event.assoc.requestor.primitive
+    called = str(getattr(request, "called_ae_title", "") or "").strip()
+    ours = str(event.assoc.acceptor.ae_title).strip()
     if called != ours:
         return f"called AE title {called!r} is not this node's ({ours!r})"
     return "calling AE title not allowed (allowed_calling_aets)"
