@@ -22,21 +22,30 @@ from tests.peers import free_port
 COMMAND = Path(sys.executable).with_name("dicom-node")
 
 
-def _run(tmp_path: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+def _environment(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """This process's environment without DICOM_NODE_ variables, plus a node kept in
+    `tmp_path` (receive only unless `workers` is given) and `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
-    env.update(
-        {
-            "DICOM_NODE_PORT": str(free_port()),
-            "DICOM_NODE_DATABASE_URL": f"sqlite:///{tmp_path / 'node.db'}",
-            "DICOM_NODE_SPOOL_DIR": str(tmp_path / "spool"),
-            "DICOM_NODE_MODEL_BUNDLE": str(DEMO_BUNDLE),
-            "DICOM_NODE_DEVICE": "cpu",
-            "DICOM_NODE_WORKERS": "0",
-            **{f"DICOM_NODE_{k.upper()}": v for k, v in settings.items()},
-        }
-    )
+    values = {
+        "port": str(free_port()),
+        "database_url": f"sqlite:///{tmp_path / 'node.db'}",
+        "spool_dir": str(tmp_path / "spool"),
+        "model_bundle": str(DEMO_BUNDLE),
+        "device": "cpu",
+        "workers": "0",
+        **settings,
+    }
+    return {**env, **{f"DICOM_NODE_{k.upper()}": v for k, v in values.items()}}
+
+
+def _run(tmp_path: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(COMMAND), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        [str(COMMAND), *args],
+        env=_environment(tmp_path, **settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -136,16 +145,7 @@ def test_bad_json_in_the_environment_is_one_line(tmp_path: Path) -> None:
 
 def test_serve_without_destinations_warns_once(tmp_path: Path) -> None:
     """`serve` with no destinations starts, and warns once that results go nowhere."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
-    env.update(
-        {
-            "DICOM_NODE_PORT": str(free_port()),
-            "DICOM_NODE_DATABASE_URL": f"sqlite:///{tmp_path / 'node.db'}",
-            "DICOM_NODE_SPOOL_DIR": str(tmp_path / "spool"),
-            "DICOM_NODE_MODEL_BUNDLE": str(DEMO_BUNDLE),
-            "DICOM_NODE_DEVICE": "cpu",
-        }
-    )
+    env = _environment(tmp_path, workers="1")
     serve = subprocess.Popen(
         [str(COMMAND), "serve"], env=env, stderr=subprocess.PIPE, text=True, bufsize=1
     )
