@@ -9,9 +9,9 @@ NodeError
 │   └── CannotUnderstand   unreadable dataset or invalid UIDs: 0xC2xx
 └── AuditChainError        the audit chain cannot be extended or verified  (audit/chain.py)
 
-Elsewhere, as ValueError subclasses: BundleError (model/bundle.py, an invalid model bundle:
-start-up refused) and PreprocessError (model/preprocess.py, pixels the model cannot read: the
-image is skipped). Images the model must not read (pipeline/selection.py) and results a
+As ValueError subclasses: PreprocessError (below: pixels the model cannot read or may not
+decode; the image is skipped with its reason) and BundleError (model/bundle.py, an invalid model
+bundle: start-up refused). Images the model must not read (pipeline/selection.py) and results a
 destination refused (pipeline/deliver.py) are outcomes recorded with their reason, not
 exceptions.
 """
@@ -62,3 +62,11 @@ class CannotUnderstand(StoreError):
 INVALID_UID = 0xC221
 UID_MISMATCH = 0xC222
 SOP_CLASS_MISMATCH = 0xA900
+
+
+class PreprocessError(ValueError):
+    """An image the node cannot analyse; `reason` says why in words fit for a skipped-image note."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -56,6 +58,31 @@ def _renderer(fmt: LogFormat) -> Any:
     return structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
 
 
+class RepeatFilter(logging.Filter):
+    """The same message (logger, level, format string) at most once per `window` seconds; the
+    next one after the window says how many were held back. A database outage must not write
+    hundreds of identical lines a second."""
+
+    def __init__(self, window: float = 10.0) -> None:
+        super().__init__()
+        self.window = window
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        with self._lock:
+            since, held = self._seen.get(key, (0.0, 0))
+            if now - since < self.window:
+                self._seen[key] = (since, held + 1)
+                return False
+            self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in the last {self.window:g} s)"
+        return True
+
+
 class _NodeHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The node's own stderr handler (other handlers, such as pytest's, are left alone)."""
 
@@ -83,6 +110,7 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
         root.removeHandler(old)
     handler = _NodeHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(RepeatFilter())
     root.addHandler(handler)
     # Third-party loggers print at INFO what a hospital's log need not hold (highdicom: seven
     # lines a job; pynetdicom: dataset summaries with patient names): they stay at WARNING.

@@ -11,11 +11,11 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,13 +24,15 @@ from dicom_node import audit
 from dicom_node.audit import Event
 from dicom_node.audit.syslog import SyslogForwarder, forwarder_from_settings
 from dicom_node.dimse.ingest import Ingest
-from dicom_node.dimse.scp import start_server
+from dicom_node.dimse.scp import Listeners, start_server
 from dicom_node.dimse.scu import DimseSender, Sender
+from dicom_node.dimse.tls import client_context
 from dicom_node.errors import StartupError
 from dicom_node.model.batching import BatchingClassifier
 from dicom_node.model.bundle import Bundle, BundleError, load_bundle
 from dicom_node.model.decode_pool import DecodePool
 from dicom_node.model.infer import Classifier, resolve_device
+from dicom_node.pipeline.retention import purge_received
 from dicom_node.pipeline.run import Services
 from dicom_node.pipeline.worker import Worker
 from dicom_node.settings import Settings
@@ -38,6 +40,8 @@ from dicom_node.store.database import open_database
 from dicom_node.store.spool import Spool, write_atomic
 
 log = logging.getLogger(__name__)
+HOUSEKEEPING_SECONDS = 2.0
+RETENTION_EVERY_SECONDS = 3600.0
 
 
 def build_services(
@@ -57,7 +61,11 @@ def build_services(
             max_wait_ms=settings.max_wait_ms,
         ),
         sender=sender or default_sender(settings),
-        decode_pool=DecodePool(settings.decode_processes) if settings.decode_processes else None,
+        decode_pool=(
+            DecodePool(settings.decode_processes, memory_bytes=settings.decode_memory_bytes)
+            if settings.decode_processes
+            else None
+        ),
     )
 
 
@@ -112,7 +120,7 @@ def check_spool(spool_dir: Path) -> None:
         ) from exc
 
 
-def _listen(settings: Settings, ingest: Ingest) -> ThreadedAssociationServer:
+def _listen(settings: Settings, ingest: Ingest) -> Listeners:
     try:
         return start_server(settings, ingest)
     except OSError as exc:
@@ -127,12 +135,20 @@ def _listen(settings: Settings, ingest: Ingest) -> ThreadedAssociationServer:
 
 
 def default_sender(settings: Settings) -> DimseSender:
+    """The C-STORE SCU towards the destinations, with the TLS client context when any of them
+    uses DICOM TLS."""
+    tls = None
+    if any(d.tls for d in settings.destinations):
+        tls = client_context(
+            cert=settings.tls_cert_file, key=settings.tls_key_file, ca=settings.tls_ca_file
+        )
     return DimseSender(
         ae_title=settings.ae_title,
         max_pdu=settings.max_pdu,
         attempts=settings.send_attempts,
         backoff_seconds=settings.send_backoff_seconds,
         timeout_seconds=settings.send_timeout_seconds,
+        tls_context=tls,
     )
 
 
@@ -155,23 +171,43 @@ class Node:
         self.services = (
             build_services(settings, self.sessions, sender=sender) if self.worker_count else None
         )
-        self.server: ThreadedAssociationServer | None = None
+        self.listeners: Listeners | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._forwarder: SyslogForwarder | None = None
 
     @property
     def port(self) -> int:
-        if self.server is None:
-            raise RuntimeError("the node is not receiving")
-        return int(self.server.server_address[1])
+        """The plain DICOM port the node listens on."""
+        return self._port_of("plain")
+
+    @property
+    def tls_port(self) -> int:
+        """The DICOM TLS port the node listens on."""
+        return self._port_of("tls")
+
+    def _port_of(self, kind: str) -> int:
+        server = getattr(self.listeners, kind, None) if self.listeners else None
+        if server is None:
+            raise RuntimeError(f"the node has no {kind} listener")
+        return int(server.server_address[1])
 
     def start(self) -> Node:
         """Listen (when receiving), record "node started", then start the workers."""
         if self.receive:
-            ingest = Ingest(Spool(self.settings.spool_dir), self.sessions)
-            self.server = _listen(self.settings, ingest)
+            ingest = Ingest(
+                Spool(self.settings.spool_dir),
+                self.sessions,
+                max_instance_bytes=self.settings.max_instance_bytes,
+                min_free_disk_bytes=self.settings.min_free_disk_bytes,
+                timeout_seconds=self.settings.database_timeout_seconds,
+            )
+            self.listeners = _listen(self.settings, ingest)
             ingest.reset_open_associations()
+            swept = ingest.spool.sweep_temporary()
+            if swept:
+                log.warning("removed %d temporary file(s) of interrupted spool writes", swept)
+            self._start_thread("ingest-housekeeping", self._housekeep, ingest)
         self._forwarder = forwarder_from_settings(self.settings)
         if self._forwarder is not None:
             self._forwarder.start()
@@ -184,18 +220,32 @@ class Node:
             )
         for number in range(self.worker_count):
             assert self.services is not None
-            worker = Worker(self.services)
-            thread = threading.Thread(
-                target=worker.run, args=(self._stop,), name=f"worker-{number}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+            self._start_thread(f"worker-{number}", Worker(self.services).run, self._stop)
         return self
+
+    def _start_thread(self, name: str, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _housekeep(self, ingest: Ingest) -> None:
+        """Releases the database could not take when they happened are made once it is back;
+        once an hour, received instances past their retention leave the spool."""
+        next_purge = time.monotonic()
+        while not self._stop.wait(HOUSEKEEPING_SECONDS):
+            ingest.retry_releases()
+            days = self.settings.spool_retention_days
+            if days is not None and time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + RETENTION_EVERY_SECONDS
+                try:
+                    purge_received(self.sessions, days)
+                except SQLAlchemyError:
+                    log.exception("retention: the spool could not be purged")
 
     def stop(self) -> None:
         self._stop.set()
-        if self.server is not None:
-            self.server.shutdown()
+        if self.listeners is not None:
+            self.listeners.shutdown()
         for thread in self._threads:
             thread.join(timeout=60)
         if self.services is not None:

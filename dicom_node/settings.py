@@ -17,7 +17,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -37,6 +44,9 @@ DATABASE_SCHEMES = (SQLITE, "postgresql+psycopg://")
 PATH_KEYS = (
     "spool_dir",
     "model_bundle",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_ca_file",
     "audit_syslog_ca_file",
     "audit_syslog_cert_file",
     "audit_syslog_key_file",
@@ -60,6 +70,8 @@ class Destination(BaseModel):
     send_sr: bool = True
     send_sc: bool = True
     sc_findings: ScFindings = "present"
+    tls: bool = False  # DICOM TLS towards this destination (its certificate verified)
+    tls_server_name: str | None = None  # the name its certificate must bear (default: host)
 
     @field_validator("ae_title")
     @classmethod
@@ -70,6 +82,17 @@ class Destination(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class KnownPeer(BaseModel):
+    """A sender the node accepts: its calling AE title, the addresses it may come from (host
+    names, addresses or CIDR networks; any when empty), whether it must use DICOM TLS."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ae_title: str = Field(pattern=_AE_TITLE)
+    addresses: tuple[str, ...] = ()
+    require_tls: bool = False
 
 
 class Settings(BaseSettings):
@@ -83,14 +106,31 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=11112, ge=0, le=65535)
     allowed_calling_aets: Annotated[tuple[str, ...], NoDecode] = ()
+    peers: tuple[KnownPeer, ...] = ()
+    tls_port: int | None = Field(default=None, ge=0, le=65535)
+    listen_plain: bool = True
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_require_client_certificate: bool = True
     max_pdu: int = Field(default=131072, ge=0)
+    max_associations: int = Field(default=256, ge=1, le=4096)
+    max_associations_per_peer: int = Field(default=256, ge=1, le=4096)
+    association_timeout_seconds: float = Field(default=10.0, gt=0)
+    idle_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_instance_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    min_free_disk_bytes: int = Field(default=1 << 30, ge=0)
     spool_dir: Path = Path("var/spool")
+    spool_retention_days: float | None = Field(default=30.0, gt=0)
     database_url: str = "sqlite:///var/dicom-node.db"
+    database_timeout_seconds: float = Field(default=8.0, gt=0, le=600)
     model_bundle: Path = Path("models/cxr14-densenet121-demo")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch: int = Field(default=32, ge=1, le=1024)
     max_wait_ms: float = Field(default=10.0, ge=0, le=10_000)
     decode_processes: int = Field(default=0, ge=0, le=256)
+    max_decoded_pixels: int = Field(default=60_000_000, ge=1_000_000)
+    decode_memory_bytes: int = Field(default=8 << 30, ge=256 << 20)
     quiet_seconds: float = Field(default=3.0, ge=0)
     workers: int = Field(default=1, ge=0, le=64)
     poll_seconds: float = Field(default=0.5, gt=0)
@@ -134,6 +174,17 @@ class Settings(BaseSettings):
             if not aet.strip() or len(aet) > 16:
                 raise ValueError(f"invalid AE title {aet!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        wants_tls = self.tls_port is not None or any(d.tls for d in self.destinations)
+        if self.tls_port is not None and not (self.tls_cert_file and self.tls_key_file):
+            raise ValueError("tls_port needs tls_cert_file and tls_key_file")
+        if wants_tls and self.tls_require_client_certificate and self.tls_ca_file is None:
+            raise ValueError("DICOM TLS needs tls_ca_file (the CA bundle that verifies peers)")
+        if not self.listen_plain and self.tls_port is None:
+            raise ValueError("listen_plain = false needs tls_port: the node would not listen")
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -33,6 +33,7 @@ def node_settings(root: Path, **overrides: Any) -> Settings:
         "quiet_seconds": 0.5,
         "poll_seconds": 0.1,
         "send_backoff_seconds": 0.05,
+        "min_free_disk_bytes": 64 << 20,  # a test machine's disk may be small
     }
     values.update(overrides)
     return load_settings(environ={}, overrides=values)

@@ -389,16 +389,19 @@ class StoreSCP:
         port: int | None = None,
         sort_by_study: bool = True,
         extra_args: Sequence[str] = (),
+        echo_args: Sequence[str] = (),
         startup_timeout: float = 10.0,
         stop_timeout: float = 5.0,
     ) -> None:
-        """Prepare (not start) a storescp; `port=None` picks a free port."""
+        """Prepare (not start) a storescp; `port=None` picks a free port; `echo_args` are the
+        echoscu options its readiness check needs (TLS ones for a TLS storescp)."""
         self.output_dir = Path(output_dir)
         self.aet = aet
         self.port = port or 0
         self._fixed_port = port is not None
         self._sort_by_study = sort_by_study
         self._extra_args = tuple(extra_args)
+        self._echo_args = tuple(echo_args)
         self._startup_timeout = startup_timeout
         self._stop_timeout = stop_timeout
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
@@ -472,7 +475,12 @@ class StoreSCP:
             if self._proc.poll() is not None:
                 self.stop(print_log=True)
                 return False
-            if port_is_open(self.port) and echoscu(port=self.port, aet=self.aet).returncode == 0:
+            ready = port_is_open(self.port)
+            if (
+                ready
+                and echoscu(port=self.port, aet=self.aet, extra_args=self._echo_args).returncode
+                == 0
+            ):
                 return True
             if time.monotonic() > deadline:
                 self.stop(print_log=True)

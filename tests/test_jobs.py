@@ -11,7 +11,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import Peer
-from dicom_node.dimse.ingest import Ingest, ReceivedInstance
+from dicom_node.dimse.ingest import Ingest
+from dicom_node.dimse.request import ReceivedInstance
 from dicom_node.pipeline.assemble import promote_ready_studies
 from dicom_node.store import jobs
 from dicom_node.store.database import make_engine, make_session_factory, upgrade_schema

@@ -36,6 +36,7 @@ AUDIT_LOG_USED = dcm("110101", "Audit Log Used")
 BEGIN_TRANSFERRING = dcm("110102", "Begin Transferring DICOM Instances")
 INSTANCES_ACCESSED = dcm("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = dcm("110104", "DICOM Instances Transferred")
+STUDY_DELETED = dcm("110105", "DICOM Study Deleted")
 SECURITY_ALERT = dcm("110113", "Security Alert")
 
 # Audit Event Type Codes (CID 401, CID 403)
@@ -111,6 +112,8 @@ DICOM_EVENTS: dict[str, DicomEvent] = {
     "study_reprocess": DicomEvent(event_id=INSTANCES_ACCESSED, action="R", direction="local"),
     # a person withdrew the study's results (`dicom-node retract`): an IOCM rejection note
     "results_retracted": DicomEvent(event_id=INSTANCES_ACCESSED, action="D", direction="local"),
+    # received instances removed from the spool by the retention policy (rows and audit kept)
+    "instances_purged": DicomEvent(event_id=STUDY_DELETED, action="D", direction="local"),
     # the sender does not know whether the receiver held copies: "R" (PS3.15 A.5.3.4)
     "result_sent": DicomEvent(event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound"),
     "result_failed": DicomEvent(event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound"),
@@ -140,5 +143,6 @@ EVENT_IDS: dict[str, Code] = {
         INSTANCES_ACCESSED,
         INSTANCES_TRANSFERRED,
         SECURITY_ALERT,
+        STUDY_DELETED,
     )
 }

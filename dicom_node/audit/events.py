@@ -48,6 +48,7 @@ class Event(enum.StrEnum):
     IMAGE_SKIPPED = "image_skipped"
     STUDY_REPROCESS = "study_reprocess"
     RESULTS_RETRACTED = "results_retracted"
+    INSTANCES_PURGED = "instances_purged"
     RESULT_SENT = "result_sent"
     RESULT_FAILED = "result_failed"
     AUDIT_LOG_USED = "audit_log_used"
@@ -81,6 +82,7 @@ LAUNCHED = frozenset(
         Event.AUDIT_LOG_PURGED,
         Event.STUDY_REPROCESS,
         Event.RESULTS_RETRACTED,
+        Event.INSTANCES_PURGED,
     }
 )
 

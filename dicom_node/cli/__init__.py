@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         service.configure_retract,
         service.cmd_retract,
     )
+    add(
+        "purge-spool",
+        "remove received instances of studies answered long ago (retention, audited)",
+        service.configure_purge,
+        service.cmd_purge_spool,
+    )
     add("demo", "run the whole loop on a synthetic study", service.configure_demo, service.cmd_demo)
     audit = commands.add_parser("audit", help="verify, query, export and purge the audit trail")
     audit_cli.configure_parser(audit)

@@ -59,7 +59,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if not ids:
         print("no failed deliveries")
         return 0
-    sent, failed = deliver(sessions, default_sender(settings), ids, model=None)
+    sender = default_sender(settings)
+    sent, failed = deliver(sessions, sender, ids, model=None, destinations=settings.destinations)
     print(f"retried {len(ids)} delivery(ies): {sent} sent, {failed} still failed")
     return 0 if failed == 0 else 1
 
@@ -101,13 +102,47 @@ def cmd_retract(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     sessions = connect_database(settings.database_url)
     withdrawn, sent, failed = retract_study(
-        sessions, Spool(settings.spool_dir), default_sender(settings), args.study_uid
+        sessions,
+        Spool(settings.spool_dir),
+        default_sender(settings),
+        args.study_uid,
+        destinations=settings.destinations,
     )
     print(
         f"study {args.study_uid}: {withdrawn} result object(s) withdrawn; rejection note sent "
         f"to {sent} destination(s)" + (f", {failed} failed (dicom-node retry)" if failed else "")
     )
     return 0 if not failed else 1
+
+
+def configure_purge(parser: argparse.ArgumentParser) -> None:
+    """The age and the settings."""
+    from dicom_node.cli import add_config
+
+    parser.add_argument(
+        "--older-than-days",
+        type=float,
+        help="days after a study's results (default: the setting spool_retention_days)",
+    )
+    add_config(parser)
+
+
+def cmd_purge_spool(args: argparse.Namespace) -> int:
+    """Remove received instances of studies answered long enough ago (audited)."""
+    from dicom_node.node import connect_database
+    from dicom_node.pipeline.retention import purge_received
+
+    settings = settings_of(args)
+    days = args.older_than_days or settings.spool_retention_days
+    if days is None:
+        print("spool_retention_days is not set and --older-than-days not given: nothing to do")
+        return 0
+    purged = purge_received(connect_database(settings.database_url), days)
+    print(
+        f"removed {purged.files} file(s) ({purged.bytes} bytes) of {purged.studies} study(ies) "
+        f"answered more than {days:g} days ago"
+    )
+    return 0
 
 
 def configure_demo(parser: argparse.ArgumentParser) -> None:

@@ -13,128 +13,85 @@ the first, which is kept beside it; the audit trail says so.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
+import shutil
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import cast
+from typing import Any, TypeVar
 
-from pydicom import Dataset
-from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import Event as PynetdicomEvent
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import audit
 from dicom_node.audit import Event, Outcome, Peer
+from dicom_node.dimse.request import ReceivedInstance
 from dicom_node.errors import (
-    SOP_CLASS_MISMATCH,
-    UID_MISMATCH,
-    CannotUnderstand,
     OutOfResources,
     StoreError,
 )
 from dicom_node.store import result_objects as objects
 from dicom_node.store.schema import Instance, Job, Study, utcnow
 from dicom_node.store.spool import Spool
-from dicom_node.store.uids import checked_uid
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MANUFACTURER = "dicom-node"  # the Manufacturer of the node's results (the model identity's)
 UID_PREFIX = "2.25."  # the root of the node's derived UIDs (structured_reports.results)
 
 
-# The classes whose pixels the model may read (or whose reason for a skip needs them).
-PIXELS_KEPT = frozenset(
-    {str(ComputedRadiographyImageStorage), str(DigitalXRayImageStorageForPresentation)}
-)
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ReceivedInstance:
-    """A C-STORE request that passed validation, with its encoded bytes ready to spool
-    (`pixels_kept` False: an object the model never reads, encoded without its pixel data)."""
-
-    sop_instance_uid: str
-    sop_class_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    transfer_syntax_uid: str
-    patient_id: str | None
-    data: bytes
-    manufacturer: str = ""
-    pixels_kept: bool = True
-
-
-def read_request(event: PynetdicomEvent) -> ReceivedInstance:
-    """Validate a C-STORE request without decoding pixels; raise CannotUnderstand when invalid."""
-    request = cast(C_STORE, event.request)
-    sop_uid = checked_uid(request.AffectedSOPInstanceUID, "Affected SOP Instance UID")
-    sop_class = checked_uid(request.AffectedSOPClassUID, "Affected SOP Class UID")
-    try:
-        ds: Dataset = event.dataset
-        study_uid = ds.get("StudyInstanceUID")
-        series_uid = ds.get("SeriesInstanceUID")
-        dataset_sop_uid = ds.get("SOPInstanceUID")
-        dataset_sop_class = ds.get("SOPClassUID")
-        patient_id = ds.get("PatientID")
-        manufacturer = str(ds.get("Manufacturer", "") or "")
-    except Exception as exc:  # a dataset pydicom cannot parse: any parser error
-        raise CannotUnderstand(f"dataset cannot be parsed: {type(exc).__name__}") from exc
-    if dataset_sop_uid != sop_uid:
-        raise CannotUnderstand("SOP Instance UID differs from the request's", status=UID_MISMATCH)
-    if dataset_sop_class != sop_class:
-        raise StoreError("SOP Class UID differs from the request's", status=SOP_CLASS_MISMATCH)
-    keep = sop_class in PIXELS_KEPT or not any(k in ds for k in _PIXEL_KEYWORDS)
-    return ReceivedInstance(
-        sop_instance_uid=sop_uid,
-        sop_class_uid=sop_class,
-        study_instance_uid=checked_uid(study_uid, "Study Instance UID"),
-        series_instance_uid=checked_uid(series_uid, "Series Instance UID"),
-        transfer_syntax_uid=str(event.context.transfer_syntax),
-        patient_id=str(patient_id) if patient_id else None,
-        manufacturer=manufacturer,
-        data=event.encoded_dataset() if keep else _without_pixels(event, ds),
-        pixels_kept=keep,
-    )
-
-
-def _without_pixels(event: PynetdicomEvent, ds: Dataset) -> bytes:
-    """The dataset as a Part 10 file without its pixel data (the header of an object the model
-    never reads)."""
-    header = Dataset()
-    for tag in list(ds.keys()):
-        if ds[tag].keyword not in _PIXEL_KEYWORDS:
-            header[tag] = ds[tag]
-    header.file_meta = event.file_meta
-    buffer = io.BytesIO()
-    header.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 class Ingest:
     """Durable intake of instances and the bookkeeping of which associations hold which studies."""
 
-    def __init__(self, spool: Spool, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        sessions: sessionmaker[Session],
+        *,
+        max_instance_bytes: int = 1 << 30,
+        min_free_disk_bytes: int = 0,
+        timeout_seconds: float = 8.0,
+    ) -> None:
         self.spool = spool
         self.sessions = sessions
+        self.max_instance_bytes = max_instance_bytes
+        self.min_free_disk_bytes = min_free_disk_bytes
+        self.timeout_seconds = timeout_seconds
+        self._executor = ThreadPoolExecutor(thread_name_prefix="ingest")
         self._lock = threading.Lock()
         self._open: dict[int, set[str]] = {}
+        self._unreleased: list[set[str]] = []  # releases the database could not take yet
 
     def reset_open_associations(self) -> None:
         """At start-up no association is open: clear counts a crashed process left behind."""
         with self.sessions.begin() as session:
             session.execute(update(Study).values(open_associations=0))
 
+    def store_in_time(self, item: ReceivedInstance, peer: Peer, association: int) -> Outcome:
+        """`store`, or OutOfResources when it takes longer than the database timeout (a silent
+        database): the sender gets 0xA700 in seconds and retries; should the store complete
+        later, the retry is a duplicate, which is idempotent."""
+        try:
+            return self.in_time(self.store, item, peer, association)
+        except FutureTimeout as exc:
+            raise OutOfResources(
+                f"the database did not answer within {self.timeout_seconds:g} s"
+            ) from exc
+
+    def in_time(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` within the database timeout, else FutureTimeout (the work goes on)."""
+        return self._executor.submit(work, *args).result(timeout=self.timeout_seconds)
+
     def store(self, item: ReceivedInstance, peer: Peer, association: int) -> Outcome:
-        """Spool then commit; raise OutOfResources when either fails. The node's own results
+        """Spool then commit; raise OutOfResources when either fails, when the instance is
+        larger than allowed or the spool's disk is below its watermark. The node's own results
         are recorded and not stored (Outcome.SKIPPED)."""
+        self._check_room(len(item.data))
         digest = hashlib.sha256(item.data).hexdigest()
         own, earlier = self._look_up(item)
         if own:
@@ -157,8 +114,29 @@ class Ingest:
         self._commit(item, peer, association, digest, duplicate=False, path=str(path), note=note)
         return Outcome.SUCCESS
 
-    def reject(self, peer: Peer, error: StoreError, sop_instance_uid: str | None) -> None:
+    def _check_room(self, size: int) -> None:
+        if size > self.max_instance_bytes:
+            raise OutOfResources(
+                f"instance of {size} bytes is larger than max_instance_bytes "
+                f"({self.max_instance_bytes})"
+            )
+        folder = self.spool.root
+        while not folder.exists() and folder != folder.parent:  # the spool is made on first use
+            folder = folder.parent
         try:
+            free = shutil.disk_usage(folder).free
+        except OSError as exc:
+            raise OutOfResources(f"spool unavailable: {exc.strerror}") from exc
+        if free - size < self.min_free_disk_bytes:
+            raise OutOfResources(
+                f"spool disk has {free} bytes free, below min_free_disk_bytes "
+                f"({self.min_free_disk_bytes}) with this instance"
+            )
+
+    def reject(self, peer: Peer, error: StoreError, sop_instance_uid: str | None) -> None:
+        """Audit a refused C-STORE, within the database timeout (the answer must not wait)."""
+
+        def write() -> None:
             with self.sessions.begin() as session:
                 audit.record(
                     session,
@@ -168,15 +146,38 @@ class Ingest:
                     sop_instance_uid=sop_instance_uid if sop_instance_uid else None,
                     detail=f"status 0x{error.status:04X}: {error}",
                 )
-        except SQLAlchemyError:
-            log.exception("could not audit a rejected instance")
+
+        try:
+            self.in_time(write)
+        except (SQLAlchemyError, FutureTimeout):
+            log.error("could not audit a refused instance (database unavailable)")
 
     def close_association(self, association: int) -> None:
-        """The association ended: its studies may become ready after the quiet period."""
+        """The association ended: its studies may become ready after the quiet period. When the
+        database cannot take it now, the release is kept and made by `retry_releases`."""
         with self._lock:
             studies = self._open.pop(association, set())
-        if not studies:
-            return
+            if studies:
+                self._unreleased.append(studies)
+        self.retry_releases()
+
+    def retry_releases(self) -> None:
+        """Record the releases the database could not take when they happened (called on every
+        release and by the node's housekeeping every few seconds)."""
+        with self._lock:
+            pending, self._unreleased = self._unreleased, []
+        for index, studies in enumerate(pending):
+            try:
+                self._release(studies)
+            except SQLAlchemyError:
+                with self._lock:
+                    self._unreleased[:0] = pending[index:]
+                log.warning(
+                    "database unavailable: %d release(s) kept for later", len(pending) - index
+                )
+                return
+
+    def _release(self, studies: set[str]) -> None:
         with self.sessions.begin() as session:
             for uid in studies:
                 study = session.get(Study, uid)

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import ssl
+import threading
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Any, cast
 
 import pydicom.config
@@ -31,10 +35,14 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event as PynetdicomEvent
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node import audit
 from dicom_node.audit import Event, Outcome, Peer
-from dicom_node.dimse.ingest import Ingest, read_request
+from dicom_node.dimse import admission, limits
+from dicom_node.dimse.ingest import Ingest
+from dicom_node.dimse.request import read_request
+from dicom_node.dimse.tls import NodeServer, server_context
 from dicom_node.errors import (
     StoreError,
 )
@@ -84,7 +92,7 @@ def handle_store(event: PynetdicomEvent, ingest: Ingest) -> int:
     peer = peer_of(event)
     try:
         item = read_request(event)
-        outcome = ingest.store(item, peer, id(event.assoc))
+        outcome = ingest.store_in_time(item, peer, id(event.assoc))
     except StoreError as exc:
         log.warning("C-STORE refused with 0x%04X: %s", exc.status, exc)
         ingest.reject(peer, exc, _sop_uid_or_none(event))
@@ -98,30 +106,50 @@ def _sop_uid_or_none(event: PynetdicomEvent) -> str | None:
     return value if len(value) <= 64 else None
 
 
-def handle_accepted(event: PynetdicomEvent, ingest: Ingest) -> None:
+def handle_accepted(event: PynetdicomEvent, ingest: Ingest, settings: Settings) -> None:
     """EVT_ACCEPTED (in the association's own thread): its log lines carry the association from
-    here on; the acceptance is audited with the contexts refused."""
+    here on. A peer the registry does not admit (`admission`) has the association aborted,
+    audited as a refusal; else the acceptance is audited with the TLS peer's certificate
+    subject and the contexts refused."""
     peer = peer_of(event)
     bind(association=next(_association_numbers), calling_ae=peer.calling_ae, peer=peer.address)
-    rejected = [str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts]
-    detail = (
-        f"refused presentation contexts: {', '.join(sorted(set(rejected)))}" if rejected else None
-    )
-    with ingest.sessions.begin() as session:
-        audit.record(session, Event.ASSOCIATION_ACCEPTED, peer=peer, detail=detail)
+    reason = admission.refusal(event.assoc, settings)
+    if reason is not None:
+        event.assoc.abort()
+        _audit_refusal(ingest, peer, reason)
+        return
+    notes = []
+    subject = admission.tls_subject(event.assoc)
+    if subject is not None:
+        notes.append(f"DICOM TLS, peer certificate subject {subject}")
+    rejected = sorted({str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts})
+    if rejected:
+        notes.append(f"refused presentation contexts: {', '.join(rejected)}")
+    _audit(ingest, Event.ASSOCIATION_ACCEPTED, Outcome.SUCCESS, peer, "; ".join(notes) or None)
 
 
 def handle_rejected(event: PynetdicomEvent, ingest: Ingest) -> None:
-    peer = peer_of(event)
-    log.warning("association from %s at %s rejected", peer.calling_ae, peer.address)
-    with ingest.sessions.begin() as session:
-        audit.record(
-            session,
-            Event.ASSOCIATION_REJECTED,
-            Outcome.FAILURE,
-            peer=peer,
-            detail=_rejection_reason(event),
-        )
+    """EVT_REJECTED: pynetdicom refused the association; audited with the reason."""
+    _audit_refusal(ingest, peer_of(event), _rejection_reason(event))
+
+
+def _audit_refusal(ingest: Ingest, peer: Peer, reason: str) -> None:
+    log.warning("association refused: %s", reason)
+    _audit(ingest, Event.ASSOCIATION_REJECTED, Outcome.FAILURE, peer, reason)
+
+
+def _audit(ingest: Ingest, event: Event, outcome: Outcome, peer: Peer, detail: str | None) -> None:
+    """An association's audit row, within the database timeout: a silent database must not hold
+    up the association (a C-ECHO still gets its answer)."""
+
+    def write() -> None:
+        with ingest.sessions.begin() as session:
+            audit.record(session, event, outcome, peer=peer, detail=detail)
+
+    try:
+        ingest.in_time(write)
+    except (SQLAlchemyError, FutureTimeout):
+        log.error("could not audit %s (database unavailable)", event.value)
 
 
 def _rejection_reason(event: PynetdicomEvent) -> str:
@@ -144,6 +172,9 @@ def make_ae(settings: Settings) -> AE:
     decodes), associations only when called by its own AE title."""
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu
+    ae.maximum_associations = settings.max_associations
+    ae.acse_timeout = settings.association_timeout_seconds  # ARTIM: the A-ASSOCIATE-RQ must come
+    ae.network_timeout = settings.idle_timeout_seconds
     ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.require_called_aet = True
     ae.add_supported_context(Verification)
@@ -155,21 +186,79 @@ def make_ae(settings: Settings) -> AE:
     return ae
 
 
-def start_server(settings: Settings, ingest: Ingest) -> ThreadedAssociationServer:
-    """Start listening in the background; the caller shuts the server down."""
+@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class Listeners:
+    """The node's DICOM listeners: plain TCP and/or DICOM TLS (each None when off)."""
+
+    plain: ThreadedAssociationServer | None
+    tls: ThreadedAssociationServer | None
+
+    def shutdown(self) -> None:
+        """Stop listening and end the servers' threads."""
+        for server in (self.plain, self.tls):
+            if server is not None:
+                server.shutdown()  # pynetdicom's: also closes the socket
+
+
+def start_server(settings: Settings, ingest: Ingest) -> Listeners:
+    """Start listening in the background (plain TCP on `port` unless `listen_plain` is false,
+    DICOM TLS on `tls_port` when set); the caller shuts the listeners down."""
     # Real-world headers often bend VR rules; the node checks the values it relies on itself
     # (uids.py) instead of letting pydicom warn (or, under -W error, fail) on every instance.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    limits.install()
     ae = make_ae(settings)
     args: list[Any] = [ingest]
     handlers: list[Any] = [
         (evt.EVT_C_STORE, handle_store, args),
-        (evt.EVT_ACCEPTED, handle_accepted, args),
+        (evt.EVT_ACCEPTED, handle_accepted, [ingest, settings]),
         (evt.EVT_REJECTED, handle_rejected, args),
         (evt.EVT_RELEASED, handle_closed, args),
         (evt.EVT_ABORTED, handle_closed, args),
     ]
-    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
-    assert server is not None  # block=False always returns the server
-    log.info("listening as %s on %s:%s", settings.ae_title, settings.host, server.server_address[1])
+    plain = _serve(ae, settings, settings.port, handlers, ingest) if settings.listen_plain else None
+    tls = None
+    if settings.tls_port is not None:
+        assert settings.tls_cert_file is not None and settings.tls_key_file is not None
+        context = server_context(
+            cert=settings.tls_cert_file,
+            key=settings.tls_key_file,
+            ca=settings.tls_ca_file,
+            require_client_certificate=settings.tls_require_client_certificate,
+        )
+        tls = _serve(ae, settings, settings.tls_port, handlers, ingest, context=context)
+    return Listeners(plain=plain, tls=tls)
+
+
+def _serve(
+    ae: AE,
+    settings: Settings,
+    port: int,
+    handlers: list[Any],
+    ingest: Ingest,
+    *,
+    context: ssl.SSLContext | None = None,
+) -> ThreadedAssociationServer:
+    def refused(address: str, reason: str) -> None:
+        _audit_refusal(ingest, Peer(called_ae=settings.ae_title, address=address), reason)
+
+    server = ae.make_server(
+        (settings.host, port),
+        evt_handlers=handlers,
+        ssl_context=context,
+        server_class=NodeServer,
+        handshake_timeout=settings.association_timeout_seconds,
+        on_refused=refused,
+    )
+    thread = threading.Thread(target=server.serve_forever, name=f"listener-{port}", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # as AE.start_server does: the server's shutdown removes it
+    kind = "DICOM TLS" if context else "plain TCP"
+    log.info(
+        "listening as %s on %s:%s (%s)",
+        settings.ae_title,
+        settings.host,
+        server.server_address[1],
+        kind,
+    )
     return server

@@ -4,6 +4,7 @@ per-instance status check (a failure status is not a success)."""
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,9 +53,13 @@ class DimseSender:
         attempts: int = 4,
         backoff_seconds: float = 1.0,
         timeout_seconds: float = 30.0,
+        tls_context: ssl.SSLContext | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """`tls_context`: the client context (`dicom_node.dimse.tls.client_context`) for the
+        destinations with `tls = true`."""
         self.ae_title = ae_title
+        self.tls_context = tls_context
         self.max_pdu = max_pdu
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
@@ -109,8 +114,19 @@ class DimseSender:
                 sop_class, sorted({syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian})
             )
         return ae.associate(
-            destination.host, destination.port, ae_title=destination.ae_title, max_pdu=self.max_pdu
+            destination.host,
+            destination.port,
+            ae_title=destination.ae_title,
+            max_pdu=self.max_pdu,
+            tls_args=self._tls_args(destination),
         )
+
+    def _tls_args(self, destination: Destination) -> tuple[ssl.SSLContext, str] | None:
+        if not destination.tls:
+            return None
+        if self.tls_context is None:
+            raise ValueError(f"{destination} asks for DICOM TLS, and no TLS files are set")
+        return self.tls_context, destination.tls_server_name or destination.host
 
 
 def _store(assoc: Association, ds: Dataset, attempt: int, *, message_id: int) -> SendOutcome:

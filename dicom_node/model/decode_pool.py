@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import resource
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -25,9 +26,10 @@ import torch
 from pydicom import dcmread
 
 from dicom_node.domain import Letterbox
+from dicom_node.errors import PreprocessError
+from dicom_node.model.pixel_budget import DEFAULT_MAX_PIXELS, check_pixel_budget
 from dicom_node.model.preprocess import (
     InputSpec,
-    PreprocessError,
     display_uint8,
     prepare,
     render_for_display,
@@ -48,9 +50,14 @@ class PreparedPixels:
 Outcome = PreparedPixels | PreprocessError
 
 
-def prepare_file(path: Path, spec: InputSpec, max_side: int) -> PreparedPixels:
-    """Decode and render one DICOM file as a viewer would, then letterbox and shrink it."""
-    image = render_for_display(dcmread(path))
+def prepare_file(
+    path: Path, spec: InputSpec, max_side: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> PreparedPixels:
+    """Decode and render one DICOM file as a viewer would, then letterbox and shrink it; an
+    image over the pixel budget is refused before any decoder runs."""
+    ds = dcmread(path)
+    check_pixel_budget(ds, max_pixels)
+    image = render_for_display(ds)
     tensor, letterbox = prepare(image, spec)
     return PreparedPixels(
         display=display_uint8(image, max_side=max_side),
@@ -59,18 +66,20 @@ def prepare_file(path: Path, spec: InputSpec, max_side: int) -> PreparedPixels:
     )
 
 
-def _outcome(path: Path, spec: InputSpec, max_side: int) -> Outcome:
+def _outcome(path: Path, spec: InputSpec, max_side: int, max_pixels: int) -> Outcome:
     """One file's pixels, or why not: a malformed value costs this image only."""
     try:
-        return prepare_file(path, spec, max_side)
+        return prepare_file(path, spec, max_side, max_pixels=max_pixels)
     except PreprocessError as exc:
         return exc
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
         return PreprocessError(f"unreadable header value ({type(exc).__name__}: {exc})")
 
 
-def _child_init() -> None:
+def _child_init(memory_bytes: int | None) -> None:
     torch.set_num_threads(1)  # one image per process; the pool is the parallelism
+    if memory_bytes is not None:  # a decoder's runaway allocation fails here, not in the node
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
 
 class DecodeCrashed(RuntimeError):
@@ -80,10 +89,11 @@ class DecodeCrashed(RuntimeError):
 class DecodePool:
     """N spawned processes that run prepare_file; rebuilt after a child dies."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, *, memory_bytes: int | None = None) -> None:
         if processes < 1:
             raise ValueError(f"a decode pool needs at least one process, not {processes}")
         self.processes = processes
+        self.memory_bytes = memory_bytes
         self._lock = threading.Lock()
         self._executor = self._start()
 
@@ -92,9 +102,17 @@ class DecodePool:
             self.processes,
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded process
             initializer=_child_init,
+            initargs=(self.memory_bytes,),
         )
 
-    def prepare(self, paths: Sequence[Path], spec: InputSpec, max_side: int) -> list[Outcome]:
+    def prepare(
+        self,
+        paths: Sequence[Path],
+        spec: InputSpec,
+        max_side: int,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> list[Outcome]:
         """Each file's PreparedPixels, or the PreprocessError saying why it cannot be analysed.
 
         Raises DecodeCrashed when a process died on the way; the pool is rebuilt for later
@@ -104,7 +122,7 @@ class DecodePool:
             executor = self._executor
         try:
             futures: list[Future[Outcome]] = [
-                executor.submit(_outcome, path, spec, max_side) for path in paths
+                executor.submit(_outcome, path, spec, max_side, max_pixels) for path in paths
             ]
             return [future.result() for future in futures]
         except BrokenProcessPool as exc:
@@ -124,9 +142,14 @@ class DecodePool:
 
 
 def prepare_files(
-    paths: Sequence[Path], spec: InputSpec, max_side: int, pool: DecodePool | None = None
+    paths: Sequence[Path],
+    spec: InputSpec,
+    max_side: int,
+    pool: DecodePool | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[Outcome]:
     """Preprocess the files in the pool when there is one, else here, one after the other."""
     if pool is not None:
-        return pool.prepare(paths, spec, max_side)
-    return [_outcome(path, spec, max_side) for path in paths]
+        return pool.prepare(paths, spec, max_side, max_pixels=max_pixels)
+    return [_outcome(path, spec, max_side, max_pixels) for path in paths]

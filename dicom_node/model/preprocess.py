@@ -17,18 +17,11 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID
 
 from dicom_node.domain import Letterbox
+from dicom_node.errors import PreprocessError
 
 Image32 = npt.NDArray[np.float32]
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
-
-
-class PreprocessError(ValueError):
-    """An image the node cannot analyse; `reason` says why in words fit for a skipped-image note."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

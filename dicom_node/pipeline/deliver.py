@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import audit
@@ -22,7 +22,7 @@ from dicom_node.audit import Event, Outcome, Peer
 from dicom_node.dimse.scu import Sender, SendOutcome
 from dicom_node.pipeline.results import ResultFile
 from dicom_node.settings import Destination
-from dicom_node.store.schema import Delivery, utcnow
+from dicom_node.store.schema import Delivery, Job, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,18 @@ def deliver(
     delivery_ids: Sequence[int],
     *,
     model: str | None,
+    destinations: Sequence[Destination] = (),
 ) -> tuple[int, int]:
-    """Send the given deliveries, record each outcome; return (sent, failed) counts."""
+    """Send the given deliveries, record each outcome; return (sent, failed) counts. A delivery
+    goes to its destination as configured in `destinations` (its TLS setting included), or by
+    plain DICOM where the destination is no longer configured."""
+    configured = {(d.ae_title, d.host, d.port): d for d in destinations}
     with sessions() as session:
         rows = session.scalars(select(Delivery).where(Delivery.id.in_(delivery_ids))).all()
     groups: dict[Destination, list[Delivery]] = defaultdict(list)
     for row in rows:
-        key = Destination(
+        address = (row.destination_ae, row.destination_host, row.destination_port)
+        key = configured.get(address) or Destination(
             ae_title=row.destination_ae, host=row.destination_host, port=row.destination_port
         )
         groups[key].append(row)
@@ -166,5 +171,17 @@ def _delivery(
 
 
 def failed_delivery_ids(sessions: sessionmaker[Session]) -> list[int]:
+    """The deliveries `dicom-node retry` sends again: those that failed, and those left pending
+    by a job that is no longer running (its process died between recording and sending)."""
+    idle = select(Job.id).where(Job.state.not_in(("queued", "running")))
     with sessions() as session:
-        return list(session.scalars(select(Delivery.id).where(Delivery.state == "failed")).all())
+        return list(
+            session.scalars(
+                select(Delivery.id).where(
+                    or_(
+                        Delivery.state == "failed",
+                        (Delivery.state == "pending") & Delivery.job_id.in_(idle),
+                    )
+                )
+            ).all()
+        )

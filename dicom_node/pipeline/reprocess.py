@@ -55,6 +55,16 @@ def _check_reprocessable(session: Session, study_instance_uid: str) -> None:
     )
     if study is None or not stored:
         raise NodeError(f"study {study_instance_uid} is not stored on this node")
+    kept = session.scalar(
+        select(func.count()).where(
+            Instance.study_instance_uid == study_instance_uid, Instance.purged_at.is_(None)
+        )
+    )
+    if not kept:
+        raise NodeError(
+            f"study {study_instance_uid}: its received instances were removed by the retention "
+            "policy (spool_retention_days); send the study again to have it read"
+        )
     if study.state == "receiving":
         raise NodeError(
             f"study {study_instance_uid} is still being received; it is analysed once complete"

@@ -6,6 +6,8 @@ of the objects it withdraws; deliveries of withdrawn objects not yet made are st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,6 +18,7 @@ from dicom_node.dimse.scu import Sender
 from dicom_node.errors import NodeError
 from dicom_node.pipeline.deliver import deliver, plan_deliveries, stop_withdrawn
 from dicom_node.pipeline.results import ResultFile, rejection_note
+from dicom_node.settings import Destination
 from dicom_node.store import result_objects as objects
 from dicom_node.store.schema import Job, ResultObject, Study, utcnow
 from dicom_node.store.spool import Spool
@@ -31,7 +34,12 @@ def record_withdrawal(session: Session, job_id: int, note: ResultFile) -> None:
 
 
 def retract_study(
-    sessions: sessionmaker[Session], spool: Spool, sender: Sender, study_instance_uid: str
+    sessions: sessionmaker[Session],
+    spool: Spool,
+    sender: Sender,
+    study_instance_uid: str,
+    *,
+    destinations: Sequence[Destination] = (),
 ) -> tuple[int, int, int]:
     """Withdraw every live result of the study (audited, as a job of its own); return (objects
     withdrawn, notes delivered, deliveries failed). NodeError when there is nothing to withdraw."""
@@ -61,7 +69,7 @@ def retract_study(
             job_id=job.id,
             detail=f"withdrew {', '.join(note.withdraws)} by rejection note",
         )
-    sent, failed = deliver(sessions, sender, ids, model=None)
+    sent, failed = deliver(sessions, sender, ids, model=None, destinations=destinations)
     return len(withdrawn), sent, failed
 
 

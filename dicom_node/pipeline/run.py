@@ -31,11 +31,12 @@ from dicom_node.domain import (
     SourceImage,
     StudyResult,
 )
+from dicom_node.errors import PreprocessError
 from dicom_node.model.batching import BatchingClassifier
 from dicom_node.model.bundle import Bundle
 from dicom_node.model.decode_pool import DecodePool, prepare_files
 from dicom_node.model.explain import map_to_display
-from dicom_node.model.preprocess import PreprocessError
+from dicom_node.model.pixel_budget import DEFAULT_MAX_PIXELS
 from dicom_node.pipeline.deliver import deliver
 from dicom_node.pipeline.record import record_results
 from dicom_node.pipeline.results import JobContext, choose_results
@@ -75,7 +76,11 @@ def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:
     images, others = separate_images(sources)
     eligible, skipped = select_images(images, ctx.settings.require_view_position)
     prepared, unreadable = prepare_images(
-        eligible, ctx.bundle, ctx.settings.sc_max_side, ctx.decode_pool
+        eligible,
+        ctx.bundle,
+        ctx.settings.sc_max_side,
+        ctx.decode_pool,
+        max_pixels=ctx.settings.max_decoded_pixels,
     )
     analysed = analyse(ctx, prepared)
     return report(ctx, job, analysed, [*skipped, *unreadable], others)
@@ -123,7 +128,13 @@ def report(
             destinations=ctx.settings.destinations,
             model=ctx.model_label,
         )
-    sent, failed = deliver(ctx.sessions, ctx.sender, delivery_ids, model=ctx.model_label)
+    sent, failed = deliver(
+        ctx.sessions,
+        ctx.sender,
+        delivery_ids,
+        model=ctx.model_label,
+        destinations=ctx.settings.destinations,
+    )
     return summarise(study, sent, failed)
 
 
@@ -133,7 +144,7 @@ def load_sources(sessions: sessionmaker[Session], study_instance_uid: str) -> li
     with sessions() as session:
         rows = session.scalars(
             select(Instance)
-            .where(Instance.study_instance_uid == study_instance_uid)
+            .where(Instance.study_instance_uid == study_instance_uid, Instance.purged_at.is_(None))
             .order_by(Instance.received_at)
         ).all()
     return [_source(row) for row in rows]
@@ -189,11 +200,18 @@ def select_images(
 
 
 def prepare_images(
-    sources: list[SourceImage], bundle: Bundle, max_side: int, pool: DecodePool | None = None
+    sources: list[SourceImage],
+    bundle: Bundle,
+    max_side: int,
+    pool: DecodePool | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[list[PreparedImage], list[SkippedImage]]:
     """Decode and render each image as a viewer would (in the decode pool when there is one);
     unsupported pixels become skips."""
-    outcomes = prepare_files([s.path for s in sources], bundle.input_spec, max_side, pool)
+    outcomes = prepare_files(
+        [s.path for s in sources], bundle.input_spec, max_side, pool, max_pixels=max_pixels
+    )
     prepared: list[PreparedImage] = []
     skipped: list[SkippedImage] = []
     for source, outcome in zip(sources, outcomes, strict=True):

@@ -45,8 +45,21 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    # A server that does not answer fails the connection in seconds instead of hanging.
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    return create_engine(url, pool_pre_ping=True, connect_args=POSTGRES_CONNECT_ARGS)
+
+
+# A server that does not answer fails the connection in seconds instead of hanging: connect
+# timeout, TCP keepalives and a TCP user timeout for a silent network, a lock timeout for a
+# transaction that waits too long for another's lock (libpq parameters).
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+    "options": "-c lock_timeout=15000",
+}
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Any]:

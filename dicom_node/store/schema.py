@@ -74,6 +74,8 @@ class Instance(Base):
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     # False: an object the model never reads, spooled without its pixel data (its header only)
     pixels_kept: Mapped[bool] = mapped_column(Boolean, default=True)
+    # when the retention policy removed its file from the spool (the row stays)
+    purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Study(Base):

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from dicom_node.store.uids import checked_uid
+
+TEMPORARY_PREFIX = ".incoming-"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -47,7 +50,22 @@ class Spool:
         return self._path("results", study_instance_uid, sop_instance_uid)
 
     def store(self, path: Path, data: bytes) -> None:
+        """Write `data` to `path` atomically and durably."""
         write_atomic(path, data)
+
+    def sweep_temporary(self, older_than_seconds: float = 3600.0) -> int:
+        """Remove the temporary files of writes a crash interrupted (older than the given age, so
+        that another process's write in flight is left alone); return how many."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for tmp in self.root.rglob(f"{TEMPORARY_PREFIX}*.tmp"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # another process finished or removed it
+        return removed
 
     def _path(self, area: str, study_instance_uid: str, sop_instance_uid: str) -> Path:
         study = checked_uid(study_instance_uid, "Study Instance UID")
