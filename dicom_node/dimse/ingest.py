@@ -12,7 +12,6 @@ the first, which is kept beside it; the audit trail says so.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -91,8 +90,9 @@ class Ingest:
         """Spool then commit; raise OutOfResources when either fails, when the instance is
         larger than allowed or the spool's disk is below its watermark. The node's own results
         are recorded and not stored (Outcome.SKIPPED)."""
-        self._check_room(len(item.data))
-        digest = hashlib.sha256(item.data).hexdigest()
+        size = item.size
+        self._check_room(size)
+        digest = item.sha256()
         own, earlier = self._look_up(item)
         if own:
             self._record_own_result(item, peer)
@@ -103,7 +103,11 @@ class Ingest:
         path = self.spool.instance_path(item.study_instance_uid, item.sop_instance_uid)
         try:
             kept = _keep_earlier(path, earlier) if earlier else None
-            self.spool.store(path, item.data)
+            if item.data is not None:
+                self.spool.store(path, item.data)
+            else:
+                assert item.source is not None
+                self.spool.store_file(path, item.source)
         except OSError as exc:
             raise OutOfResources(f"cannot write to the spool: {exc.strerror}") from exc
         note = (
@@ -240,7 +244,7 @@ class Ingest:
                     study_instance_uid=item.study_instance_uid,
                     sop_instance_uid=item.sop_instance_uid,
                     sop_class_uid=item.sop_class_uid,
-                    detail=f"transfer syntax {item.transfer_syntax_uid}, {len(item.data)} bytes"
+                    detail=f"transfer syntax {item.transfer_syntax_uid}, {item.size} bytes"
                     f"{kept}{note}",
                 )
         except SQLAlchemyError as exc:
@@ -289,7 +293,7 @@ class Ingest:
                 sop_class_uid=item.sop_class_uid,
                 transfer_syntax_uid=item.transfer_syntax_uid,
                 path=path,
-                size=len(item.data),
+                size=item.size,
                 sha256=digest,
                 calling_ae=peer.calling_ae or "",
                 received_at=now,

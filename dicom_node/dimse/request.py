@@ -1,14 +1,18 @@
-"""Reading a C-STORE request: its identifying UIDs validated without decoding pixels, its bytes
-ready to spool (an object the model never reads without its pixel data)."""
+"""Reading a C-STORE request: its identifying UIDs validated from the header alone, what to
+spool: the file pynetdicom received into, or, for an object the model never reads, its header
+without pixel data."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
+from pynetdicom import _config
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event as PynetdicomEvent
 
@@ -19,13 +23,13 @@ from dicom_node.store.uids import checked_uid
 PIXELS_KEPT = frozenset(
     {str(ComputedRadiographyImageStorage), str(DigitalXRayImageStorageForPresentation)}
 )
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ReceivedInstance:
-    """A C-STORE request that passed validation, with its encoded bytes ready to spool
-    (`pixels_kept` False: an object the model never reads, encoded without its pixel data)."""
+    """A C-STORE request that passed validation, and what to spool: the Part 10 file pynetdicom
+    wrote as the data set arrived (`source`), or encoded bytes (`data`: an object the model never
+    reads, without its pixel data; `pixels_kept` False)."""
 
     sop_instance_uid: str
     sop_class_uid: str
@@ -33,18 +37,37 @@ class ReceivedInstance:
     series_instance_uid: str
     transfer_syntax_uid: str
     patient_id: str | None
-    data: bytes
+    data: bytes | None = None
+    source: Path | None = None
     manufacturer: str = ""
     pixels_kept: bool = True
 
+    @property
+    def size(self) -> int:
+        """Bytes to spool."""
+        if self.data is not None:
+            return len(self.data)
+        return self.source.stat().st_size if self.source is not None else 0
+
+    def sha256(self) -> str:
+        """SHA-256 of the bytes to spool (a file is read in chunks, never whole)."""
+        if self.data is not None:
+            return hashlib.sha256(self.data).hexdigest()
+        assert self.source is not None
+        with self.source.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+
 
 def read_request(event: PynetdicomEvent) -> ReceivedInstance:
-    """Validate a C-STORE request without decoding pixels; raise CannotUnderstand when invalid."""
+    """Validate a C-STORE request from its header alone (pixels are neither read nor decoded);
+    raise CannotUnderstand when invalid. The data set is the file pynetdicom wrote as it arrived
+    (`receive_to_files`)."""
     request = cast(C_STORE, event.request)
     sop_uid = checked_uid(request.AffectedSOPInstanceUID, "Affected SOP Instance UID")
     sop_class = checked_uid(request.AffectedSOPClassUID, "Affected SOP Class UID")
+    path = Path(event.dataset_path)
     try:
-        ds: Dataset = event.dataset
+        ds: Dataset = dcmread(path, stop_before_pixels=True)
         study_uid = ds.get("StudyInstanceUID")
         series_uid = ds.get("SeriesInstanceUID")
         dataset_sop_uid = ds.get("SOPInstanceUID")
@@ -57,7 +80,7 @@ def read_request(event: PynetdicomEvent) -> ReceivedInstance:
         raise CannotUnderstand("SOP Instance UID differs from the request's", status=UID_MISMATCH)
     if dataset_sop_class != sop_class:
         raise StoreError("SOP Class UID differs from the request's", status=SOP_CLASS_MISMATCH)
-    keep = sop_class in PIXELS_KEPT or not any(k in ds for k in _PIXEL_KEYWORDS)
+    keep = sop_class in PIXELS_KEPT
     return ReceivedInstance(
         sop_instance_uid=sop_uid,
         sop_class_uid=sop_class,
@@ -66,19 +89,22 @@ def read_request(event: PynetdicomEvent) -> ReceivedInstance:
         transfer_syntax_uid=str(event.context.transfer_syntax),
         patient_id=str(patient_id) if patient_id else None,
         manufacturer=manufacturer,
-        data=event.encoded_dataset() if keep else _without_pixels(event, ds),
+        source=path if keep else None,
+        data=None if keep else _encoded(ds),
         pixels_kept=keep,
     )
 
 
-def _without_pixels(event: PynetdicomEvent, ds: Dataset) -> bytes:
-    """The dataset as a Part 10 file without its pixel data (the header of an object the model
-    never reads)."""
-    header = Dataset()
-    for tag in list(ds.keys()):
-        if ds[tag].keyword not in _PIXEL_KEYWORDS:
-            header[tag] = ds[tag]
-    header.file_meta = event.file_meta
+def receive_to_files() -> None:
+    """Make pynetdicom write each incoming C-STORE data set to a file as its PDUs arrive,
+    instead of holding it in memory (and again as a parsed dataset): receiving an instance
+    costs about one PDU of memory, whatever its size."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def _encoded(header: Dataset) -> bytes:
+    """The header (read up to the pixel data) as a Part 10 file: what the node keeps of an
+    object the model never reads."""
     buffer = io.BytesIO()
     header.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -41,7 +41,7 @@ from dicom_node import audit
 from dicom_node.audit import Event, Outcome, Peer
 from dicom_node.dimse import admission, limits
 from dicom_node.dimse.ingest import Ingest
-from dicom_node.dimse.request import read_request
+from dicom_node.dimse.request import read_request, receive_to_files
 from dicom_node.dimse.tls import NodeServer, server_context
 from dicom_node.errors import (
     StoreError,
@@ -207,6 +207,7 @@ def start_server(settings: Settings, ingest: Ingest) -> Listeners:
     # (uids.py) instead of letting pydicom warn (or, under -W error, fail) on every instance.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     limits.install()
+    receive_to_files()
     ae = make_ae(settings)
     args: list[Any] = [ingest]
     handlers: list[Any] = [

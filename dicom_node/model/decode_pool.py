@@ -27,7 +27,11 @@ from pydicom import dcmread
 
 from dicom_node.domain import Letterbox
 from dicom_node.errors import PreprocessError
-from dicom_node.model.pixel_budget import DEFAULT_MAX_PIXELS, check_pixel_budget
+from dicom_node.model.pixel_budget import (
+    DEFAULT_MAX_PIXELS,
+    check_declared_pixels,
+    check_pixel_budget,
+)
 from dicom_node.model.preprocess import (
     InputSpec,
     display_uint8,
@@ -55,6 +59,7 @@ def prepare_file(
 ) -> PreparedPixels:
     """Decode and render one DICOM file as a viewer would, then letterbox and shrink it; an
     image over the pixel budget is refused before any decoder runs."""
+    check_declared_pixels(dcmread(path, stop_before_pixels=True), max_pixels)
     ds = dcmread(path)
     check_pixel_budget(ds, max_pixels)
     image = render_for_display(ds)

@@ -27,15 +27,21 @@ def declared_pixels(ds: Dataset) -> int:
     return rows * columns * frames * samples
 
 
+def check_declared_pixels(header: Dataset, max_pixels: int) -> None:
+    """PreprocessError when the header declares more than `max_pixels` (checked on the header
+    alone, before the pixel data is even read)."""
+    pixels = declared_pixels(header)
+    if pixels > max_pixels:
+        raise PreprocessError(
+            f"declares {header.get('Rows')} x {header.get('Columns')} pixels ({pixels:,}), "
+            f"more than max_decoded_pixels ({max_pixels:,}): not decoded"
+        )
+
+
 def check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
     """PreprocessError when the image would decode to more than `max_pixels`, or when its
     compressed codestream declares other dimensions than Rows and Columns."""
-    pixels = declared_pixels(ds)
-    if pixels > max_pixels:
-        raise PreprocessError(
-            f"declares {ds.get('Rows')} x {ds.get('Columns')} pixels ({pixels:,}), more than "
-            f"max_decoded_pixels ({max_pixels:,}): not decoded"
-        )
+    check_declared_pixels(ds, max_pixels)
     size = codestream_size(ds)
     if size is not None and size != (int(ds.Rows), int(ds.Columns)):
         raise PreprocessError(

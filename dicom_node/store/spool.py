@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,23 @@ def write_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def copy_atomic(path: Path, source: Path) -> None:
+    """Put a copy of the file `source` at `path` so that a crash leaves the old file or the new
+    one (copied in chunks of 1 MiB, never held whole in memory; fsynced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,6 +70,10 @@ class Spool:
     def store(self, path: Path, data: bytes) -> None:
         """Write `data` to `path` atomically and durably."""
         write_atomic(path, data)
+
+    def store_file(self, path: Path, source: Path) -> None:
+        """Put a copy of the file `source` at `path`, atomically and durably."""
+        copy_atomic(path, source)
 
     def sweep_temporary(self, older_than_seconds: float = 3600.0) -> int:
         """Remove the temporary files of writes a crash interrupted (older than the given age, so

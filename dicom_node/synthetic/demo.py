@@ -21,7 +21,7 @@ from dicom_node.node import Node
 from dicom_node.settings import Destination, load_settings
 from dicom_node.store.jobs import wait_finished
 from dicom_node.store.schema import AuditEvent, Result, Skip
-from dicom_node.store.spool import write_atomic
+from dicom_node.store.spool import copy_atomic, write_atomic
 from dicom_node.synthetic.phantom_dicom import phantom_dataset
 from dicom_node.synthetic.phantoms import make_phantom
 
@@ -47,7 +47,10 @@ class LocalPacs:
     def _store(self, event: PynetdicomEvent) -> int:
         ds = event.dataset
         path = self.folder / str(ds.StudyInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-        write_atomic(path, event.encoded_dataset())
+        try:  # once the node runs in this process, data sets are received into files
+            copy_atomic(path, Path(event.dataset_path))
+        except AttributeError:
+            write_atomic(path, event.encoded_dataset())
         return 0x0000
 
     def received(self) -> list[Path]:
