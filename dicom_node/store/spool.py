@@ -7,7 +7,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from dicom_node.store.uids import checked_uid
 
@@ -16,28 +18,24 @@ TEMPORARY_PREFIX = ".incoming-"
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    _replace_atomically(path, lambda out: out.write(data))
 
 
 def copy_atomic(path: Path, source: Path) -> None:
     """Put a copy of the file `source` at `path` so that a crash leaves the old file or the new
-    one (copied in chunks of 1 MiB, never held whole in memory; fsynced)."""
+    one (copied in chunks of 1 MiB, never held whole in memory)."""
+    with source.open("rb") as src:
+        _replace_atomically(path, lambda out: shutil.copyfileobj(src, out, 1 << 20))
+
+
+def _replace_atomically(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """A temporary file beside `path` filled by `fill`, fsynced, renamed onto `path`, and the
+    folder fsynced; the temporary file removed if anything fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX, suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
+        with os.fdopen(fd, "wb") as out:
+            fill(out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
