@@ -35,14 +35,20 @@ PATIENT_WORDS = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "<redacted>"
+QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
 
 
 def drop_patient_data(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
-    """structlog processor: no patient names, IDs or birth dates leave in a log line."""
+    """structlog processor: no patient names, IDs or birth dates leave in a log line. Library
+    warnings quote the values they object to (highdicom: `The string "Doe" is unlikely to
+    represent the intended person name`), so every quoted value of a warning is redacted."""
     for key in [k for k in event_dict if PATIENT_KEYS.search(k)]:
         del event_dict[key]
+    warning = event_dict.get("logger") == "py.warnings"
     for key, value in event_dict.items():
-        if isinstance(value, str) and ("0010," in value or "atient" in value):
+        if isinstance(value, str) and warning and key == "event":
+            event_dict[key] = QUOTED.sub(REDACTED, _redact(value))
+        elif isinstance(value, str) and ("0010," in value or "atient" in value):
             event_dict[key] = _redact(value)
     return event_dict
 
@@ -87,8 +93,9 @@ class _NodeHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The node's own stderr handler (other handlers, such as pytest's, are left alone)."""
 
 
-def configure_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
-    """Send every log record to stderr through structlog, as `fmt`, the node's at `level`."""
+def node_formatter(fmt: LogFormat = "text") -> logging.Formatter:
+    """structlog's rendering of any standard-library record: bound context, level, logger, UTC
+    time, then the patient-data filter, as text or JSON."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -96,7 +103,7 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
         structlog.stdlib.ExtraAdder(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    formatter = structlog.stdlib.ProcessorFormatter(
+    return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -105,11 +112,15 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
             _renderer(fmt),
         ],
     )
+
+
+def configure_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
+    """Send every log record to stderr through structlog, as `fmt`, the node's at `level`."""
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _NodeHandler)]:
         root.removeHandler(old)
     handler = _NodeHandler(sys.stderr)
-    handler.setFormatter(formatter)
+    handler.setFormatter(node_formatter(fmt))
     handler.addFilter(RepeatFilter())
     root.addHandler(handler)
     # Third-party loggers print at INFO what a hospital's log need not hold (highdicom: seven

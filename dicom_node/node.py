@@ -201,6 +201,7 @@ class Node:
                 max_instance_bytes=self.settings.max_instance_bytes,
                 min_free_disk_bytes=self.settings.min_free_disk_bytes,
                 timeout_seconds=self.settings.database_timeout_seconds,
+                concurrency=self.settings.max_associations,
             )
             self.listeners = _listen(self.settings, ingest)
             ingest.reset_open_associations()

@@ -18,6 +18,8 @@ SC_FINDINGS: tuple[ScFindings, ...] = get_args(ScFindings)
 
 # Prefix under which the node derives its own UIDs (2.25 = UUID-derived, PS3.5 B.2).
 UID_PREFIX = "2.25."
+# The Manufacturer of every object the node makes (its models' results, its rejection notes).
+NODE_MANUFACTURER = "dicom-node"
 # Namespace of the name-based (version 5) UUIDs the node derives its UIDs from.
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-node:derived-uid")
 
@@ -40,7 +42,7 @@ class ModelIdentity:
     name: str
     version: str
     weights_sha256: str
-    manufacturer: str = "dicom-node"
+    manufacturer: str = NODE_MANUFACTURER
     synthetic_demo: bool = False
     description: str = ""
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from tests.peers import free_port
 
 BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
 SERVICE_USER = "postgres"
@@ -33,19 +34,12 @@ def find_bindir() -> Path:
     return BINARIES[-1]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class PostgresCluster:
     """`with PostgresCluster() as pg: pg.url("dbname")`: trust authentication on 127.0.0.1."""
 
     def __init__(self) -> None:
         self.bindir = find_bindir()
-        self.port = _free_port()
+        self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="dicom-node-pg-"))
         self.data = self.root / "data"
         self.as_root = os.geteuid() == 0

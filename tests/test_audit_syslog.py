@@ -5,7 +5,6 @@ breaks C-STORE, and overflow drops events with a counter."""
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import socket
 import ssl
 import threading
@@ -15,10 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from dicom_node import audit
 from dicom_node.audit.participants import MessageContext
@@ -26,44 +21,11 @@ from dicom_node.audit.syslog import SyslogForwarder, SyslogTarget
 from dicom_node.node import Node
 from tests.conftest import SettingsFactory, chest_image, write_study
 from tests.peers import free_port, storescu
+from tests.tls_certs import make_pki
 
 pytestmark = pytest.mark.integration
 
 CONTEXT = MessageContext(source_id="DICOMNODE", local_ae="DICOMNODE")
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for localhost and 127.0.0.1 and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "collector.pem", folder / "collector.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 class Collector:
@@ -121,9 +83,9 @@ class Collector:
 
 @pytest.fixture
 def collector(tmp_path: Path) -> Iterator[tuple[Collector, Path]]:
-    cert, key = self_signed(tmp_path)
-    receiver = Collector(cert, key)
-    yield receiver, cert
+    pki = make_pki(tmp_path / "pki")
+    receiver = Collector(pki.peer.cert, pki.peer.key)
+    yield receiver, pki.ca
     receiver.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -86,6 +87,29 @@ def test_late_instance_reopens_study_and_supersedes_queued_job(tmp_path, session
     with sessions.begin() as session:
         session.execute(update(Study).values(last_instance_at=utcnow() - dt.timedelta(seconds=10)))
     assert promote_ready_studies(sessions, quiet_seconds=1) == ["1.2.9"]
+
+
+def test_a_store_completing_after_its_association_ended_holds_no_study_open(
+    tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    """A store whose answer timed out (a silent database) may commit after its association
+    ended: it must not count the association as holding the study, or the study would never
+    become ready."""
+    ingest = Ingest(Spool(tmp_path / "spool"), sessions)
+    ingest.open_association(7)
+    ingest.close_association(7)  # the sender got 0xA700 and released
+    item = ReceivedInstance(
+        sop_instance_uid="1.2.8.1",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+        study_instance_uid="1.2.8",
+        series_instance_uid="1.2.8.0",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        patient_id=None,
+        data=b"DICM",
+    )
+    ingest.store(item, Peer(calling_ae="LATE"), association=7)  # the late commit
+    with sessions() as session:
+        assert session.get_one(Study, "1.2.8").open_associations == 0
 
 
 def test_expired_lease_is_reclaimed_and_attempts_are_bounded(

@@ -36,12 +36,10 @@ from dicom_node.errors import (
 from dicom_node.store import result_objects as objects
 from dicom_node.store.schema import Instance, Job, Study, utcnow
 from dicom_node.store.spool import Spool
+from structured_reports.results import NODE_MANUFACTURER, UID_PREFIX
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-MANUFACTURER = "dicom-node"  # the Manufacturer of the node's results (the model identity's)
-UID_PREFIX = "2.25."  # the root of the node's derived UIDs (structured_reports.results)
 
 
 class Ingest:
@@ -55,15 +53,19 @@ class Ingest:
         max_instance_bytes: int = 1 << 30,
         min_free_disk_bytes: int = 0,
         timeout_seconds: float = 8.0,
+        concurrency: int = 256,
     ) -> None:
+        """`concurrency`: as many database units of work at once as associations may be open
+        (threads are made as needed), so that none waits for a thread and times out falsely."""
         self.spool = spool
         self.sessions = sessions
         self.max_instance_bytes = max_instance_bytes
         self.min_free_disk_bytes = min_free_disk_bytes
         self.timeout_seconds = timeout_seconds
-        self._executor = ThreadPoolExecutor(thread_name_prefix="ingest")
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="ingest")
         self._lock = threading.Lock()
         self._open: dict[int, set[str]] = {}
+        self._closed: set[int] = set()  # ended associations: a store completing late counts none
         self._unreleased: list[set[str]] = []  # releases the database could not take yet
 
     def reset_open_associations(self) -> None:
@@ -156,11 +158,19 @@ class Ingest:
         except (SQLAlchemyError, FutureTimeout):
             log.error("could not audit a refused instance (database unavailable)")
 
+    def open_association(self, association: int) -> None:
+        """An association was accepted (its key may be one an ended association had)."""
+        with self._lock:
+            self._closed.discard(association)
+
     def close_association(self, association: int) -> None:
         """The association ended: its studies may become ready after the quiet period. When the
-        database cannot take it now, the release is kept and made by `retry_releases`."""
+        database cannot take it now, the release is kept and made by `retry_releases`. A store
+        of this association that completes later (after its answer timed out) holds no study
+        open."""
         with self._lock:
             studies = self._open.pop(association, set())
+            self._closed.add(association)
             if studies:
                 self._unreleased.append(studies)
         self.retry_releases()
@@ -281,10 +291,11 @@ class Ingest:
             .values(state="superseded", finished_at=now, detail="a late instance arrived")
         )
         with self._lock:
-            held = self._open.setdefault(association, set())
-            if item.study_instance_uid not in held:
-                held.add(item.study_instance_uid)
-                study.open_associations += 1
+            if association not in self._closed:
+                held = self._open.setdefault(association, set())
+                if item.study_instance_uid not in held:
+                    held.add(item.study_instance_uid)
+                    study.open_associations += 1
         session.merge(
             Instance(
                 sop_instance_uid=item.sop_instance_uid,
@@ -307,7 +318,7 @@ def is_own_result(session: Session, item: ReceivedInstance) -> bool:
     derived-UID root and manufacturer (results of an earlier database)."""
     if objects.find(session, item.sop_instance_uid) is not None:
         return True
-    return item.sop_instance_uid.startswith(UID_PREFIX) and item.manufacturer == MANUFACTURER
+    return item.sop_instance_uid.startswith(UID_PREFIX) and item.manufacturer == NODE_MANUFACTURER
 
 
 def _keep_earlier(path: Path, digest: str) -> Path | None:

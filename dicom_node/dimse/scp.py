@@ -113,6 +113,7 @@ def handle_accepted(event: PynetdicomEvent, ingest: Ingest, settings: Settings) 
     subject and the contexts refused."""
     peer = peer_of(event)
     bind(association=next(_association_numbers), calling_ae=peer.calling_ae, peer=peer.address)
+    ingest.open_association(id(event.assoc))
     reason = admission.refusal(event.assoc, settings)
     if reason is not None:
         event.assoc.abort()

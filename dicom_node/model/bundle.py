@@ -15,7 +15,7 @@ from monai.networks import nets
 
 from dicom_node.model.preprocess import InputSpec
 from structured_reports.codes import FINDING_CODES, Concept
-from structured_reports.results import ModelIdentity
+from structured_reports.results import NODE_MANUFACTURER, ModelIdentity
 
 METADATA = Path("configs/metadata.json")
 INFERENCE = Path("configs/inference.json")
@@ -269,7 +269,7 @@ def load_bundle(path: Path) -> Bundle:
         name=name,
         version=version,
         weights_sha256=sha256_file(path / WEIGHTS),
-        manufacturer=str(sec.get("manufacturer", "dicom-node")),
+        manufacturer=str(sec.get("manufacturer", NODE_MANUFACTURER)),
         synthetic_demo=synthetic,
         description=str(meta.get("description", "")),
     )

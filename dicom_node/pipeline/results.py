@@ -11,7 +11,8 @@ for byte, numbered across versions, and the rejection note for what a new versio
   grey level with the batch it was computed in); a new one takes the series' next number.
 - **Withdrawal.** When a new SR replaces an earlier one, every live object of the study that the
   new result does not include (the old SR, SCs of changed images) is listed in one IOCM rejection
-  note (`structured_reports.kos`), sent where the withdrawn objects went (`pipeline.retract`).
+  note (`structured_reports.kos`), sent where the withdrawn objects went (`pipeline.deliver`).
+  A re-run of the job sends its note again.
 
 A UID that was withdrawn is never used again: the new object's UID is salted with the note.
 """
@@ -32,7 +33,7 @@ from dicom_node.store import result_objects as objects
 from dicom_node.store.schema import ResultObject
 from dicom_node.store.spool import Spool
 from structured_reports.kos import build_rejection_kos, rejection_uids
-from structured_reports.results import ScFindings
+from structured_reports.results import NODE_MANUFACTURER, ScFindings
 from structured_reports.sc import (
     ScView,
     build_gradcam_sc,
@@ -42,7 +43,6 @@ from structured_reports.sc import (
 )
 from structured_reports.sr import build_classification_sr, content_digest, sr_series_uid
 
-NODE_MANUFACTURER = "dicom-node"
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBERS: dict[ScFindings, int] = {"present": 9902, "all": 9903, "per_finding": 9904}
 
@@ -209,7 +209,27 @@ def choose_results(
         replaced = superseded(session, study.study_instance_uid, files)
         if replaced:
             files.append(rejection_note(session, spool, study.study_instance_uid, replaced))
+    else:
+        files += _own_notes(session, study.study_instance_uid, job.job_id)
     return files
+
+
+def _own_notes(session: Session, study_instance_uid: str, job_id: int) -> list[ResultFile]:
+    """The rejection notes an earlier attempt of this job made (a re-run sends them again)."""
+    rows = objects.of_study(session, study_instance_uid)
+    return [
+        ResultFile(
+            kind="kos",
+            sop_instance_uid=note.sop_instance_uid,
+            sop_class_uid=note.sop_class_uid,
+            path=Path(note.path),
+            new=False,
+            withdraws=tuple(
+                r.sop_instance_uid for r in rows if r.retracted_by == note.sop_instance_uid
+            ),
+        )
+        for note in objects.live(r for r in rows if r.kind == "kos" and r.job_id == job_id)
+    ]
 
 
 def superseded(
