@@ -257,6 +257,7 @@ class Node:
             audit.record(session, Event.NODE_STOP, detail=self._describe())
         if self._forwarder is not None:
             self._forwarder.close()
+        self.sessions.kw["bind"].dispose()  # the pool's connections closed, not left to GC
 
     def __enter__(self) -> Node:
         return self.start()

@@ -66,6 +66,30 @@ def chest_image(
     )
 
 
+def node_env(folder: Path, port: int, **settings: str) -> dict[str, str]:
+    """The environment of a `dicom-node` process of the tests (as an operator configures one:
+    DICOM_NODE_* variables only): SQLite and spool in `folder`, the demo bundle on CPU, short
+    quiet period and poll; `settings` add or override variables (keys without the prefix)."""
+    import os
+
+    from dicom_node.testing import DEMO_BUNDLE
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
+    values = {
+        "port": str(port),
+        "database_url": f"sqlite:///{folder / 'node.db'}",
+        "spool_dir": str(folder / "spool"),
+        "model_bundle": str(DEMO_BUNDLE),
+        "device": "cpu",
+        "quiet_seconds": "0.5",
+        "poll_seconds": "0.2",
+        "min_free_disk_bytes": str(64 << 20),
+        **settings,
+    }
+    env.update({f"DICOM_NODE_{key.upper()}": value for key, value in values.items()})
+    return env
+
+
 def write_study(folder: Path, datasets: list[Dataset]) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -4,7 +4,6 @@ image over the pixel budget is stored, not decoded, and its study still gets an 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,8 +19,7 @@ from pydicom.uid import generate_uid
 
 from dicom_node.store.database import open_database
 from dicom_node.store.jobs import wait_finished
-from dicom_node.testing import DEMO_BUNDLE
-from tests.conftest import chest_image
+from tests.conftest import chest_image, node_env
 from tests.peers import free_port, storescu, wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -69,20 +67,8 @@ def test_a_200_mib_instance_is_received_in_bounded_memory_and_answered(tmp_path:
     ds.save_as(big, enforce_file_format=True)
     del ds
     port = free_port()
-    database = f"sqlite:///{tmp_path / 'node.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
-    env.update(
-        {
-            "DICOM_NODE_PORT": str(port),
-            "DICOM_NODE_DATABASE_URL": database,
-            "DICOM_NODE_SPOOL_DIR": str(tmp_path / "spool"),
-            "DICOM_NODE_MODEL_BUNDLE": str(DEMO_BUNDLE),
-            "DICOM_NODE_DEVICE": "cpu",
-            "DICOM_NODE_QUIET_SECONDS": "3",  # memory is read before analysis starts
-            "DICOM_NODE_POLL_SECONDS": "0.2",
-            "DICOM_NODE_MIN_FREE_DISK_BYTES": str(64 << 20),
-        }
-    )
+    env = node_env(tmp_path, port, quiet_seconds="3")  # memory is read before analysis starts
+    database = env["DICOM_NODE_DATABASE_URL"]
     serve = subprocess.Popen(
         [sys.executable, "-m", "dicom_node.cli", "serve"],
         env=env,
@@ -103,3 +89,62 @@ def test_a_200_mib_instance_is_received_in_bounded_memory_and_answered(tmp_path:
     size = big.stat().st_size
     assert grown < size // 4, f"peak memory +{grown >> 20} MiB for a {size >> 20} MiB instance"
     assert job.state == "skipped" and "max_decoded_pixels" in (job.detail or ""), job.detail
+
+
+STUDY_IMAGES = 51  # 51 x 20 MiB: the 996 MB study of the issue
+
+
+def _twenty_mib_study(study_uid: str, folder: Path) -> list[Path]:
+    """51 frontal chest DX of 3240 x 3240 x 16 bits (20 MiB each) in one study: a phantom
+    upsampled four times, shifted per image."""
+    base = chest_image(study_uid=study_uid, size=(810, 810), seed=1).pixel_array
+    pixels = np.repeat(np.repeat(base, 4, axis=0), 4, axis=1).astype(np.uint16)
+    folder.mkdir()
+    paths = []
+    for number in range(STUDY_IMAGES):
+        ds = chest_image(study_uid=study_uid, size=(64, 64), seed=number)
+        ds.Rows, ds.Columns = pixels.shape
+        ds.PixelData = np.roll(pixels, number * 7, axis=1).tobytes()
+        ds.InstanceNumber = number + 1
+        path = folder / f"{number:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def test_a_1_gb_study_of_51_images_is_analysed_in_bounded_memory(tmp_path: Path) -> None:
+    """A study of 51 radiographs of 20 MiB each (1 GiB, sent by DCMTK storescu in one
+    association) is analysed whole by `dicom-node serve`: the job ends done with all 51 images
+    read, and the process's resident memory, sampled from before the send to the job's end,
+    grows by less than the study's size (images are decoded one at a time, batches are bounded
+    by max_batch; it was OOM-killed in a 6 GB cgroup before)."""
+    study_uid = str(generate_uid())
+    paths = _twenty_mib_study(study_uid, tmp_path / "study")
+    size = sum(path.stat().st_size for path in paths)
+    port = free_port()
+    env = node_env(tmp_path, port)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "dicom_node.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def send_and_analyse() -> object:
+        sent = storescu(paths, port=port, timeout=300)
+        assert sent.returncode == 0, sent.stderr
+        sessions = open_database(env["DICOM_NODE_DATABASE_URL"])
+        return wait_finished(sessions, study_uid, timeout=600)
+
+    try:
+        wait_for_port(port, timeout=60)
+        time.sleep(1.0)  # the model and the workers are up
+        before = _rss(serve.pid)
+        job, highest = _highest_rss_while(serve.pid, send_and_analyse)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
+    assert job.state == "done", job.detail  # type: ignore[attr-defined]
+    assert job.detail.startswith(f"{STUDY_IMAGES} image(s)")  # type: ignore[attr-defined]
+    grown = highest - before
+    assert grown < size, f"peak memory +{grown >> 20} MiB for a {size >> 20} MiB study"

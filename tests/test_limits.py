@@ -24,13 +24,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     DigitalXRayImageStorageForPresentation,
     Verification,
 )
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 
 from dicom_node.log import RepeatFilter
 from dicom_node.node import Node
 from dicom_node.store.jobs import wait_finished
 from dicom_node.store.schema import Instance, Skip
 from tests.conftest import SettingsFactory, chest_image
+from tests.peers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -237,6 +238,82 @@ def test_a_silent_database_answers_a700_in_seconds(make_settings: SettingsFactor
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
+
+
+class SilentProxy:
+    """A TCP relay on a free loopback port to `target`; `silence()` stops relaying in both
+    directions while keeping every connection open (a network partition: no reset, no answer),
+    `speak()` resumes."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._open = threading.Event()
+        self._open.set()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def silence(self) -> None:
+        self._open.clear()
+
+    def speak(self) -> None:
+        self._open.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                sink.close()
+                return
+            self._open.wait()
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.mark.postgres
+def test_a_silent_postgres_network_answers_a700_in_seconds(
+    make_settings: SettingsFactory, postgres_url: str
+) -> None:
+    """PostgreSQL behind a network that goes silent (packets dropped, no reset): a C-STORE gets
+    0xA700 within 10 s and a C-ECHO is still answered; once the network is back, a C-STORE is
+    stored again."""
+    url = make_url(postgres_url)
+    proxy = SilentProxy((url.host or "127.0.0.1", url.port or 5432))
+    through = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    settings = make_settings(database_url=through, database_timeout_seconds=2.0)
+    try:
+        with Node(settings, workers=0) as node:
+            assert store(node.port, chest_image(study_uid=str(generate_uid()), seed=1)) == 0
+            proxy.silence()
+            started = time.monotonic()
+            status = store(node.port, chest_image(study_uid=str(generate_uid()), seed=2))
+            elapsed = time.monotonic() - started
+            assert status == 0xA700 and elapsed < 10, (hex(status), elapsed)
+            assert echo_within(node.port, seconds=5)
+            proxy.speak()
+            time.sleep(0.5)
+            assert store(node.port, chest_image(study_uid=str(generate_uid()), seed=3)) == 0
+    finally:
+        proxy.speak()
+        proxy.close()
 
 
 def test_a_release_the_database_missed_is_made_once_it_is_back(node: Node) -> None:
