@@ -31,9 +31,10 @@ from dicom_node.errors import StartupError
 from dicom_node.model.batching import BatchingClassifier
 from dicom_node.model.bundle import Bundle, BundleError, load_bundle
 from dicom_node.model.decode_pool import DecodePool
-from dicom_node.model.infer import Classifier, resolve_device
+from dicom_node.model.infer import Classifier, batch_size_for, resolve_device
 from dicom_node.pipeline.retention import purge_received
 from dicom_node.pipeline.run import Services
+from dicom_node.pipeline.wakeup import NotificationListener, QuietTimers, Wakeup
 from dicom_node.pipeline.worker import Worker
 from dicom_node.settings import Settings
 from dicom_node.store.database import open_database
@@ -49,15 +50,22 @@ def build_services(
 ) -> Services:
     """Load and validate the model bundle and assemble what workers need."""
     bundle, device = _load_model(settings)
-    log.info("model %s %s on %s", bundle.identity.name, bundle.identity.version, device)
+    max_batch = batch_size_for(device, settings.max_batch)
+    log.info(
+        "model %s %s on %s, batches of up to %d",
+        bundle.identity.name,
+        bundle.identity.version,
+        device,
+        max_batch,
+    )
     return Services(
         settings=settings,
         sessions=sessions,
         spool=Spool(settings.spool_dir),
         bundle=bundle,
         batcher=BatchingClassifier(
-            _classifier(bundle, device, settings),
-            max_batch=settings.max_batch,
+            _classifier(bundle, device, settings, max_batch),
+            max_batch=max_batch,
             max_wait_ms=settings.max_wait_ms,
         ),
         sender=sender or default_sender(settings),
@@ -84,9 +92,11 @@ def _load_model(settings: Settings) -> tuple[Bundle, torch.device]:
         raise StartupError(f'{exc}: set device = "cpu" or "auto"') from exc
 
 
-def _classifier(bundle: Bundle, device: torch.device, settings: Settings) -> Classifier:
+def _classifier(
+    bundle: Bundle, device: torch.device, settings: Settings, max_batch: int
+) -> Classifier:
     try:
-        return Classifier(bundle, device, max_batch=settings.max_batch)
+        return Classifier(bundle, device, max_batch=max_batch)
     except BundleError as exc:
         raise StartupError(
             f"model bundle {settings.model_bundle} cannot be loaded ({exc}): check its "
@@ -175,6 +185,9 @@ class Node:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._forwarder: SyslogForwarder | None = None
+        self.wakeup = Wakeup()  # wakes this process's idle workers when a job is queued
+        self._timers: QuietTimers | None = None
+        self._notifications: NotificationListener | None = None
 
     @property
     def port(self) -> int:
@@ -195,6 +208,7 @@ class Node:
     def start(self) -> Node:
         """Listen (when receiving), record "node started", then start the workers."""
         if self.receive:
+            self._timers = QuietTimers(self.sessions, self.settings.quiet_seconds, self.wakeup)
             ingest = Ingest(
                 Spool(self.settings.spool_dir),
                 self.sessions,
@@ -202,6 +216,7 @@ class Node:
                 min_free_disk_bytes=self.settings.min_free_disk_bytes,
                 timeout_seconds=self.settings.database_timeout_seconds,
                 concurrency=self.settings.max_associations,
+                on_released=self._timers.released,
             )
             self.listeners = _listen(self.settings, ingest)
             ingest.reset_open_associations()
@@ -219,9 +234,15 @@ class Node:
                 "no destinations are configured: results stay in the spool and reach no PACS "
                 "(set destinations)"
             )
+        if self.worker_count and self.settings.database_url.startswith("postgresql"):
+            self._notifications = NotificationListener(
+                self.settings.database_url, self.wakeup, self._stop
+            )
+            self._notifications.start()
         for number in range(self.worker_count):
             assert self.services is not None
-            self._start_thread(f"worker-{number}", Worker(self.services).run, self._stop)
+            worker = Worker(self.services, wakeup=self.wakeup)
+            self._start_thread(f"worker-{number}", worker.run, self._stop)
         return self
 
     def _start_thread(self, name: str, target: Any, *args: Any) -> None:
@@ -245,10 +266,15 @@ class Node:
 
     def stop(self) -> None:
         self._stop.set()
+        self.wakeup.notify()  # idle workers stop now, not after their poll interval
+        if self._timers is not None:
+            self._timers.close()
         if self.listeners is not None:
             self.listeners.shutdown()
         for thread in self._threads:
             thread.join(timeout=60)
+        if self._notifications is not None:
+            self._notifications.join(timeout=5)
         if self.services is not None:
             self.services.batcher.close()
             if self.services.decode_pool is not None:

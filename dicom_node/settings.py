@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     database_timeout_seconds: float = Field(default=8.0, gt=0, le=600)
     model_bundle: Path = Path("models/cxr14-densenet121-demo")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_batch: int = Field(default=32, ge=1, le=1024)
+    max_batch: int | None = Field(default=None, ge=1, le=1024)  # None: 8 on CPU, 256 on CUDA
     max_wait_ms: float = Field(default=10.0, ge=0, le=10_000)
     decode_processes: int = Field(default=0, ge=0, le=256)
     max_decoded_pixels: int = Field(default=60_000_000, ge=1_000_000)

@@ -230,3 +230,31 @@ def test_model_identity_is_the_observer_and_the_equipment() -> None:
     assert equipment.ManufacturerModelName == MODEL.name
     assert equipment.DeviceSerialNumber == MODEL.device_uid
     assert equipment.InstitutionName == "General Hospital"
+
+
+CREATION_TIMES = (
+    "InstanceCreationDate", "InstanceCreationTime", "SeriesDate", "SeriesTime", "ContentDate",
+    "ContentTime",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("make", [mixed_study, skipped_study], ids=["analysed", "none-analysed"])
+def test_the_fast_build_encodes_the_same_bytes_as_highdicoms(make: object) -> None:
+    """The SR built around a stand-in of the content tree (the node's way, 3 to 4 times
+    faster) encodes to the very bytes of the SR highdicom builds with the whole tree, times of
+    creation aside; with a predecessor too."""
+    result = make()  # type: ignore[operator]
+    previous = build_classification_sr(mixed_study(seed=9))
+    for predecessors in ((), (previous,)):
+        full = build_classification_sr(result, previous_versions=predecessors, fast=False)
+        fast = build_classification_sr(result, previous_versions=predecessors)
+        for keyword in CREATION_TIMES:
+            if keyword in full:
+                setattr(fast, keyword, getattr(full, keyword))
+        for ours, theirs in zip(
+            fast.ContributingEquipmentSequence, full.ContributingEquipmentSequence, strict=True
+        ):
+            if "ContributionDateTime" in theirs:
+                ours.ContributionDateTime = theirs.ContributionDateTime
+        assert to_bytes(fast) == to_bytes(full)
+        assert len(fast.ContentSequence) == len(full.ContentSequence) > 1

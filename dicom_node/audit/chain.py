@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.errors import NodeError
@@ -73,6 +73,16 @@ def row_digest(row: Row) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
+# Built once: the statements of every append are compiled once and taken from the cache after.
+_HEAD = select(AuditHead.seq, AuditHead.row_hash).where(AuditHead.id == HEAD_ID).with_for_update()
+_INSERT = insert(AuditEvent)
+_MOVE_HEAD = (
+    update(AuditHead)
+    .where(AuditHead.id == HEAD_ID)
+    .values(seq=bindparam("new_seq"), row_hash=bindparam("new_hash"))
+)
+
+
 def append(session: Session, values: Mapping[str, Any]) -> dict[str, Any]:
     """Add one link in the caller's transaction and return the row as written.
 
@@ -80,20 +90,14 @@ def append(session: Session, values: Mapping[str, Any]) -> dict[str, Any]:
     the write lock, see `db._sqlite_begin`), so concurrent writers queue up and each sees the
     link of the one before. The time is taken under the lock: `occurred_at` grows with `seq`.
     """
-    head = session.execute(
-        select(AuditHead.seq, AuditHead.row_hash).where(AuditHead.id == HEAD_ID).with_for_update()
-    ).one_or_none()
+    head = session.execute(_HEAD).one_or_none()
     if head is None:
         raise AuditChainError("the audit head row is missing: was the schema migrated?")
     row = dict(values)
     row.update(seq=head.seq + 1, occurred_at=utcnow(), prev_hash=head.row_hash)
     row["row_hash"] = row_digest(row)
-    session.execute(insert(AuditEvent).values(**row))
-    session.execute(
-        update(AuditHead)
-        .where(AuditHead.id == HEAD_ID)
-        .values(seq=row["seq"], row_hash=row["row_hash"])
-    )
+    session.execute(_INSERT, row)
+    session.execute(_MOVE_HEAD, {"new_seq": row["seq"], "new_hash": row["row_hash"]})
     return row
 
 

@@ -54,9 +54,12 @@ class Ingest:
         min_free_disk_bytes: int = 0,
         timeout_seconds: float = 8.0,
         concurrency: int = 256,
+        on_released: Callable[[set[str]], None] | None = None,
     ) -> None:
         """`concurrency`: as many database units of work at once as associations may be open
-        (threads are made as needed), so that none waits for a thread and times out falsely."""
+        (threads are made as needed), so that none waits for a thread and times out falsely.
+        `on_released`: told the studies an ended association held, once recorded (the quiet
+        timers that promote them)."""
         self.spool = spool
         self.sessions = sessions
         self.max_instance_bytes = max_instance_bytes
@@ -67,6 +70,7 @@ class Ingest:
         self._open: dict[int, set[str]] = {}
         self._closed: set[int] = set()  # ended associations: a store completing late counts none
         self._unreleased: list[set[str]] = []  # releases the database could not take yet
+        self._on_released = on_released
 
     def reset_open_associations(self) -> None:
         """At start-up no association is open: clear counts a crashed process left behind."""
@@ -183,6 +187,8 @@ class Ingest:
         for index, studies in enumerate(pending):
             try:
                 self._release(studies)
+                if self._on_released is not None:
+                    self._on_released(studies)
             except SQLAlchemyError:
                 with self._lock:
                     self._unreleased[:0] = pending[index:]
@@ -283,13 +289,14 @@ class Ingest:
             )
             session.add(study)
             session.flush()  # the study row first: instances refer to it
-        study.state = "receiving"
+        elif study.state != "receiving":  # a late instance re-opens the study ...
+            study.state = "receiving"
+            session.execute(  # ... and a queued analysis of it is superseded
+                update(Job)
+                .where(Job.study_instance_uid == item.study_instance_uid, Job.state == "queued")
+                .values(state="superseded", finished_at=now, detail="a late instance arrived")
+            )
         study.last_instance_at = now
-        session.execute(  # a late instance re-opens the study: a queued analysis is superseded
-            update(Job)
-            .where(Job.study_instance_uid == item.study_instance_uid, Job.state == "queued")
-            .values(state="superseded", finished_at=now, detail="a late instance arrived")
-        )
         with self._lock:
             if association not in self._closed:
                 held = self._open.setdefault(association, set())

@@ -4,19 +4,22 @@ without pixel data."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import IO, Any, cast
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
-from pynetdicom import _config
+from pynetdicom import _config, dimse_messages
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event as PynetdicomEvent
 
 from dicom_node.errors import SOP_CLASS_MISMATCH, UID_MISMATCH, CannotUnderstand, StoreError
+from dicom_node.store.spool import TEMPORARY_PREFIX
 from dicom_node.store.uids import checked_uid
 
 # The classes whose pixels the model may read (or whose reason for a skip needs them).
@@ -42,12 +45,14 @@ class ReceivedInstance:
     manufacturer: str = ""
     pixels_kept: bool = True
 
-    @property
-    def size(self) -> int:
-        """Bytes to spool."""
-        if self.data is not None:
-            return len(self.data)
-        return self.source.stat().st_size if self.source is not None else 0
+    size: int = -1  # bytes to spool; taken on creation (the source file moves when spooled)
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            size = len(self.data) if self.data is not None else None
+            if size is None:
+                size = self.source.stat().st_size if self.source is not None else 0
+            object.__setattr__(self, "size", size)
 
     def sha256(self) -> str:
         """SHA-256 of the bytes to spool (a file is read in chunks, never whole)."""
@@ -95,11 +100,38 @@ def read_request(event: PynetdicomEvent) -> ReceivedInstance:
     )
 
 
-def receive_to_files() -> None:
-    """Make pynetdicom write each incoming C-STORE data set to a file as its PDUs arrive,
-    instead of holding it in memory (and again as a parsed dataset): receiving an instance
-    costs about one PDU of memory, whatever its size."""
+def receive_to_files(incoming: Path) -> None:
+    """Make pynetdicom write each incoming C-STORE data set to a file in `incoming` as its PDUs
+    arrive, instead of holding it in memory (and again as a parsed dataset): receiving an
+    instance costs about one PDU of memory, whatever its size. With `incoming` on the spool's
+    file system, storing the instance is a rename of that file, not a copy.
+
+    pynetdicom's setting and its temporary files are per process: one receiving node per process
+    (as `dicom-node serve` runs); a later call moves where every listener's files go."""
     _config.STORE_RECV_CHUNKED_DATASET = True
+    incoming.mkdir(parents=True, exist_ok=True)
+    dimse_messages.NamedTemporaryFile = functools.partial(_incoming_file, incoming)  # type: ignore[attr-defined,assignment]
+
+
+def _incoming_file(folder: Path, **_: Any) -> IO[bytes]:
+    """pynetdicom's temporary file for a data set being received, in `folder`, named as the
+    spool's temporary files are (so that the ones a crash leaves behind are swept). Where the
+    spool cannot be written, the system's temporary folder: the data set is still received,
+    and its C-STORE answered (0xA700, the spool being unusable) instead of the association
+    being dropped."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        directory: Path | None = folder
+    except OSError:
+        directory = None
+    try:
+        return tempfile.NamedTemporaryFile(  # pynetdicom closes it
+            mode="wb", delete=False, dir=directory, prefix=TEMPORARY_PREFIX, suffix=".tmp"
+        )
+    except OSError:
+        if directory is None:
+            raise
+        return tempfile.NamedTemporaryFile(mode="wb", delete=False, suffix=".dcm")
 
 
 def _encoded(header: Dataset) -> bytes:

@@ -208,7 +208,7 @@ def start_server(settings: Settings, ingest: Ingest) -> Listeners:
     # (uids.py) instead of letting pydicom warn (or, under -W error, fail) on every instance.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     limits.install()
-    receive_to_files()
+    receive_to_files(ingest.spool.incoming)
     ae = make_ae(settings)
     args: list[Any] = [ingest]
     handlers: list[Any] = [

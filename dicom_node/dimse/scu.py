@@ -1,5 +1,9 @@
 """Send: C-STORE of result objects to a destination, with retries and exponential backoff, and a
-per-instance status check (a failure status is not a success)."""
+per-instance status check (a failure status is not a success).
+
+Each object is sent from its spool file as it was encoded, without being parsed and encoded
+again (pynetdicom streams the file's data set, `STORE_SEND_CHUNKED_DATASET`); only where the
+destination accepted none of the file's transfer syntax is the file read and converted."""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ from pathlib import Path
 from typing import Protocol
 
 from pydicom import Dataset, dcmread
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
+from dicom_node.dimse.tls import no_delay
 from dicom_node.settings import Destination
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,26 @@ class SendOutcome:
     status: int | None
     attempts: int
     error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutgoingFile:
+    """A Part 10 file to send, known by its file meta information alone."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+    @classmethod
+    def read(cls, path: Path) -> OutgoingFile:
+        meta = read_file_meta_info(path)
+        return cls(
+            path=path,
+            sop_class_uid=str(meta.MediaStorageSOPClassUID),
+            sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
+            transfer_syntax_uid=str(meta.TransferSyntaxUID),
+        )
 
 
 class Sender(Protocol):
@@ -67,7 +93,8 @@ class DimseSender:
         self.sleep = sleep
 
     def send(self, destination: Destination, paths: Sequence[Path]) -> list[SendOutcome]:
-        pending = {str(ds.SOPInstanceUID): ds for ds in (dcmread(p) for p in paths)}
+        _config.STORE_SEND_CHUNKED_DATASET = True  # a path is streamed, not parsed
+        pending = {f.sop_instance_uid: f for f in (OutgoingFile.read(p) for p in paths)}
         outcomes: dict[str, SendOutcome] = {}
         for attempt in range(1, self.attempts + 1):
             outcomes.update(self._send_once(destination, list(pending.values()), attempt))
@@ -87,28 +114,29 @@ class DimseSender:
         return list(outcomes.values())
 
     def _send_once(
-        self, destination: Destination, datasets: list[Dataset], attempt: int
+        self, destination: Destination, files: list[OutgoingFile], attempt: int
     ) -> dict[str, SendOutcome]:
-        assoc = self._associate(destination, datasets)
+        assoc = self._associate(destination, files)
         if not assoc.is_established:
             reason = "association rejected" if assoc.is_rejected else "no association"
             return {
-                str(ds.SOPInstanceUID): _failed(ds, attempt, f"{reason} by {destination}")
-                for ds in datasets
+                f.sop_instance_uid: _failed(f, attempt, f"{reason} by {destination}") for f in files
             }
+        if assoc.dul.socket is not None and assoc.dul.socket.socket is not None:
+            no_delay(assoc.dul.socket.socket)
         try:  # each C-STORE of the association with a Message ID of its own (PS3.7 9.3.1.1)
             return {
-                str(ds.SOPInstanceUID): _store(assoc, ds, attempt, message_id=number)
-                for number, ds in enumerate(datasets, start=1)
+                f.sop_instance_uid: _store(assoc, f, attempt, message_id=number)
+                for number, f in enumerate(files, start=1)
             }
         finally:
             if assoc.is_established:
                 assoc.release()
 
-    def _associate(self, destination: Destination, datasets: list[Dataset]) -> Association:
+    def _associate(self, destination: Destination, files: list[OutgoingFile]) -> Association:
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_seconds
-        wanted = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
+        wanted = {(f.sop_class_uid, f.transfer_syntax_uid) for f in files}
         for sop_class, syntax in sorted(wanted):
             ae.add_requested_context(
                 sop_class, sorted({syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian})
@@ -129,12 +157,17 @@ class DimseSender:
         return self.tls_context, destination.tls_server_name or destination.host
 
 
-def _store(assoc: Association, ds: Dataset, attempt: int, *, message_id: int) -> SendOutcome:
-    uid = str(ds.SOPInstanceUID)
+def _store(
+    assoc: Association, outgoing: OutgoingFile, attempt: int, *, message_id: int
+) -> SendOutcome:
+    uid = outgoing.sop_instance_uid
     try:
-        rsp = assoc.send_c_store(ds, msg_id=message_id)
-    except (ValueError, RuntimeError) as exc:  # no accepted context, or association lost
-        return _failed(ds, attempt, str(exc))
+        if _accepts(assoc, outgoing):
+            rsp = assoc.send_c_store(outgoing.path, msg_id=message_id)
+        else:  # another transfer syntax accepted: pynetdicom converts the parsed data set
+            rsp = assoc.send_c_store(dcmread(outgoing.path), msg_id=message_id)
+    except (ValueError, RuntimeError, OSError) as exc:  # no context, association lost
+        return _failed(outgoing, attempt, str(exc))
     status = int(rsp.Status) if "Status" in rsp else None
     if status in STORED_STATUSES:
         return SendOutcome(sop_instance_uid=uid, ok=True, status=status, attempts=attempt)
@@ -151,9 +184,18 @@ def describe_status(rsp: Dataset) -> str:
     return f"status 0x{status:04X} ({meaning})" + (f": {comment}" if comment else "")
 
 
-def _failed(ds: Dataset, attempt: int, error: str) -> SendOutcome:
+def _accepts(assoc: Association, outgoing: OutgoingFile) -> bool:
+    """The destination accepted the file's SOP class in the file's own transfer syntax."""
+    return any(
+        str(cx.abstract_syntax) == outgoing.sop_class_uid
+        and str(cx.transfer_syntax[0]) == outgoing.transfer_syntax_uid
+        for cx in assoc.accepted_contexts
+    )
+
+
+def _failed(outgoing: OutgoingFile, attempt: int, error: str) -> SendOutcome:
     return SendOutcome(
-        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_instance_uid=outgoing.sop_instance_uid,
         ok=False,
         status=None,
         attempts=attempt,

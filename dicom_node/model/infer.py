@@ -9,6 +9,15 @@ import torch
 from dicom_node.model.bundle import Bundle
 
 DEFAULT_MAX_BATCH = 32
+# The batch size a device gets when `max_batch` is not set (bench/RESULTS.md): on a CPU small
+# batches run fastest per image (DenseNet121 at 224 px, 2 cores: 17 images/s at 4 to 8, 10 at
+# 32); a GPU needs large ones to be kept busy.
+DEVICE_MAX_BATCH = {"cpu": 8, "cuda": 256}
+
+
+def batch_size_for(device: torch.device, setting: int | None) -> int:
+    """`setting` when given, else the device's default (DEVICE_MAX_BATCH)."""
+    return setting if setting is not None else DEVICE_MAX_BATCH.get(device.type, DEFAULT_MAX_BATCH)
 
 
 def resolve_device(setting: str) -> torch.device:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import audit
 from dicom_node.audit import Event
+from dicom_node.store import jobs
 from dicom_node.store.schema import Instance, Job, Study, utcnow
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def _promote(
         )
         session.add(job)
         session.flush()
+        jobs.notify_queued(session)
         count = session.query(Instance).filter(Instance.study_instance_uid == uid).count()
         audit.record(
             session,

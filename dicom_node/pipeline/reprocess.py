@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node import audit
 from dicom_node.audit import Event
 from dicom_node.errors import NodeError
+from dicom_node.store import jobs
 from dicom_node.store.schema import Instance, Job, Study, utcnow
 from dicom_node.store.uids import is_valid_uid
 
@@ -38,6 +39,7 @@ def request_reprocess(sessions: sessionmaker[Session], study_instance_uid: str) 
         )
         session.add(job)
         session.flush()
+        jobs.notify_queued(session)
         audit.record(
             session,
             Event.STUDY_REPROCESS,

@@ -13,6 +13,7 @@ from dicom_node.audit import Event, Outcome
 from dicom_node.log import bound
 from dicom_node.pipeline.assemble import promote_ready_studies
 from dicom_node.pipeline.run import Services, report_failure, run_study
+from dicom_node.pipeline.wakeup import Wakeup
 from dicom_node.store import jobs
 from dicom_node.store.jobs import ClaimedJob
 
@@ -28,20 +29,27 @@ FINISHED_EVENTS = {
 class Worker:
     """Runs jobs one at a time; several workers (threads or processes) may share one database."""
 
-    def __init__(self, ctx: Services, name: str | None = None) -> None:
+    def __init__(
+        self, ctx: Services, name: str | None = None, wakeup: Wakeup | None = None
+    ) -> None:
+        """`wakeup`: what wakes this worker when a job is queued (the node's); without it the
+        worker only polls every `poll_seconds`."""
         self.ctx = ctx
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self.wakeup = wakeup or Wakeup()
 
     def run(self, stop: threading.Event) -> None:
+        """Run jobs until `stop` is set (notify the wakeup too, to stop an idle worker at once)."""
         log.info("worker %s started", self.name)
         while not stop.is_set():
+            seen = self.wakeup.generation
             try:
                 busy = self.run_once()
             except Exception:  # database down and the like: log, back off, keep serving
                 log.exception("worker loop error")
                 busy = False
-            if not busy:
-                stop.wait(self.ctx.settings.poll_seconds)
+            if not busy and not stop.is_set():
+                self.wakeup.wait(seen, self.ctx.settings.poll_seconds)
         log.info("worker %s stopped", self.name)
 
     def run_once(self) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -51,7 +51,7 @@ def make_engine(url: str) -> Engine:
 # A server that does not answer fails the connection in seconds instead of hanging: connect
 # timeout, TCP keepalives and a TCP user timeout for a silent network, a lock timeout for a
 # transaction that waits too long for another's lock (libpq parameters).
-POSTGRES_CONNECT_ARGS = {
+POSTGRES_CONNECT_ARGS: dict[str, str | int] = {
     "connect_timeout": 10,
     "keepalives": 1,
     "keepalives_idle": 10,
@@ -60,6 +60,11 @@ POSTGRES_CONNECT_ARGS = {
     "tcp_user_timeout": 15000,
     "options": "-c lock_timeout=15000",
 }
+
+
+def libpq_url(url: str) -> str:
+    """The SQLAlchemy URL of a PostgreSQL database as libpq takes it (no driver name)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Any]:

@@ -7,7 +7,7 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.store.schema import Job, utcnow
@@ -21,6 +21,17 @@ class ClaimedJob:
     study_instance_uid: str
     attempt: int
     reason: str = "received"
+
+
+CHANNEL = "dicom_node_jobs"  # PostgreSQL notification channel: a job was queued
+
+
+def notify_queued(session: Session) -> None:
+    """Within the transaction that queues a job: on PostgreSQL, NOTIFY the work processes (it is
+    delivered when the transaction commits; `dicom_node.pipeline.wakeup` listens); elsewhere
+    nothing (work processes on SQLite poll)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"NOTIFY {CHANNEL}"))
 
 
 def _claimable(now: dt.datetime) -> object:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -26,6 +27,26 @@ def copy_atomic(path: Path, source: Path) -> None:
     one (copied in chunks of 1 MiB, never held whole in memory)."""
     with source.open("rb") as src:
         _replace_atomically(path, lambda out: shutil.copyfileobj(src, out, 1 << 20))
+
+
+def move_atomic(path: Path, source: Path) -> None:
+    """Move the file `source` to `path` durably: its data fsynced, renamed onto `path`, the
+    folder fsynced; no byte is copied. Across file systems (where a rename cannot be) a copy
+    (`copy_atomic`), the source left in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(source, path)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        copy_atomic(path, source)
+        return
+    _fsync_dir(path.parent)
 
 
 def _replace_atomically(path: Path, fill: Callable[[BinaryIO], object]) -> None:
@@ -69,9 +90,16 @@ class Spool:
         """Write `data` to `path` atomically and durably."""
         write_atomic(path, data)
 
+    @property
+    def incoming(self) -> Path:
+        """Where files being received are written: on the spool's file system, so that storing
+        one is a rename. Files left there by a crash are swept (`sweep_temporary`)."""
+        return self.root / "incoming"
+
     def store_file(self, path: Path, source: Path) -> None:
-        """Put a copy of the file `source` at `path`, atomically and durably."""
-        copy_atomic(path, source)
+        """Move the received file `source` to `path`, atomically and durably (a rename where
+        `source` is on the spool's file system, else a copy)."""
+        move_atomic(path, source)
 
     def sweep_temporary(self, older_than_seconds: float = 3600.0) -> int:
         """Remove the temporary files of writes a crash interrupted (older than the given age, so
