@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,7 +146,11 @@ class NodeServer(ThreadedAssociationServer):
         return client, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """Shake hands (TLS), then serve the association as pynetdicom does."""
+        """Shake hands (TLS), wait for the first bytes of the A-ASSOCIATE-RQ, then serve the
+        association as pynetdicom does. pynetdicom's reactors poll every millisecond from the
+        moment a connection is handed to them: twenty connections that send nothing would cost
+        the node its CPU until the ACSE timeout; here they wait in a blocking select."""
+        deadline = time.monotonic() + self.handshake_timeout
         if isinstance(request, ssl.SSLSocket):
             previous = request.gettimeout()
             try:
@@ -154,6 +160,10 @@ class NodeServer(ThreadedAssociationServer):
             except (OSError, ssl.SSLError) as exc:
                 self._refuse(request, client_address, f"TLS handshake failed: {_reason(exc)}")
                 return
+        if not _readable(request, deadline - time.monotonic()):
+            reason = "nothing received within the ACSE timeout"
+            self._refuse(request, client_address, reason)
+            return
         super().process_request_thread(request, client_address)
 
     def _refuse(self, request: Any, client_address: Any, reason: str) -> None:
@@ -161,6 +171,17 @@ class NodeServer(ThreadedAssociationServer):
         if self.on_refused is not None:
             self.on_refused(address, reason)
         self.shutdown_request(request)
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Data (or the peer's close) is there to read within `timeout` seconds."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], max(0.0, timeout))
+    except (OSError, ValueError):  # closed meanwhile
+        return False
+    return bool(readable)
 
 
 def no_delay(sock: socket.socket) -> None:

@@ -77,10 +77,15 @@ class Classifier:
             raise ValueError(f"batch of size {batch.shape[2]} px, the bundle expects {s} px")
 
     def _chunks(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        return [
-            batch[i : i + self.max_batch].to(self.device, torch.float32, non_blocking=True)
-            for i in range(0, batch.shape[0], self.max_batch)
-        ]
+        """The batch in chunks of max_batch on the device; on CUDA from page-locked (pinned)
+        host memory, so that the copies are asynchronous and overlap the GPU's work."""
+        chunks = []
+        for i in range(0, batch.shape[0], self.max_batch):
+            part = batch[i : i + self.max_batch]
+            if self.cuda and not part.is_cuda:
+                part = part.pin_memory()
+            chunks.append(part.to(self.device, torch.float32, non_blocking=True))
+        return chunks
 
     def _run(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.cuda:
