@@ -153,8 +153,18 @@ def storescp(folder: Path) -> Iterator[int]:
     port = free_port()
     folder.mkdir(parents=True)
     proc = subprocess.Popen(
-        [STORESCP, "-od", str(folder), "-su", "study", "--max-pdu", "131072", "-aet", "PACS"]
-        + [str(port)],
+        [
+            STORESCP,
+            "-od",
+            str(folder),
+            "-su",
+            "study",
+            "--max-pdu",
+            "131072",
+            "-aet",
+            "PACS",
+            str(port),
+        ],
         env={**os.environ, "TCP_NODELAY": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -168,7 +178,7 @@ def storescp(folder: Path) -> Iterator[int]:
 
 
 @contextmanager
-def node(folder: Path, pacs_port: int, quiet: float) -> Iterator[int]:
+def node(folder: Path, pacs_port: int, quiet: float, workers: int) -> Iterator[int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
     destination = f'[{{"ae_title": "PACS", "host": "127.0.0.1", "port": {pacs_port}}}]'
@@ -179,6 +189,7 @@ def node(folder: Path, pacs_port: int, quiet: float) -> Iterator[int]:
             "DICOM_NODE_SPOOL_DIR": str(folder / "spool"),
             "DICOM_NODE_MODEL_BUNDLE": str(DEMO_BUNDLE),
             "DICOM_NODE_QUIET_SECONDS": str(quiet),
+            "DICOM_NODE_WORKERS": str(workers),
             "DICOM_NODE_DESTINATIONS": destination,
             "DICOM_NODE_MIN_FREE_DISK_BYTES": str(64 << 20),
             "DICOM_NODE_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
@@ -204,7 +215,7 @@ def percentiles(values: list[float]) -> tuple[float, float]:
 
 
 def one_at_a_time(
-    port: int, arrivals: Arrivals, images: Radiographs, syntax: str, n: int, quiet: float
+    port: int, arrivals: Arrivals, images: Radiographs, syntax: str, *, n: int, quiet: float
 ) -> list[float]:
     out = []
     for _ in range(n):
@@ -230,15 +241,24 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=10)
     parser.add_argument("--size", type=int, nargs=2, default=(2500, 2048))
     parser.add_argument("--quiet", type=float, default=3.0, help="the node's quiet_seconds")
+    parser.add_argument("--workers", type=int, default=1, help="the node's workers (default 1)")
     parser.add_argument("--keep", type=Path, help="copy the node's log here")
     args = parser.parse_args()
     images = Radiographs(tuple(args.size))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        with storescp(root / "pacs") as pacs_port, node(root, pacs_port, args.quiet) as port:
+        with (
+            storescp(root / "pacs") as pacs_port,
+            node(root, pacs_port, args.quiet, args.workers) as port,
+        ):
             arrivals = Arrivals(root / "pacs")
-            one_at_a_time(port, arrivals, images, ExplicitVRLittleEndian, 1, args.quiet)  # warm
-            print(f"{args.size[0]}x{args.size[1]} DX, quiet period {args.quiet:g} s (subtracted)")
+            one_at_a_time(
+                port, arrivals, images, ExplicitVRLittleEndian, n=1, quiet=args.quiet
+            )  # warm
+            print(
+                f"{args.size[0]}x{args.size[1]} DX, quiet period {args.quiet:g} s (subtracted), "
+                f"{args.workers} worker(s)"
+            )
             print("| measure | p50 s | p95 s |")
             print("|---|---:|---:|")
             for name, syntax in (
@@ -246,7 +266,7 @@ def main() -> None:
                 ("JPEG 2000", JPEG2000Lossless),
             ):
                 p50, p95 = percentiles(
-                    one_at_a_time(port, arrivals, images, syntax, args.studies, args.quiet)
+                    one_at_a_time(port, arrivals, images, syntax, n=args.studies, quiet=args.quiet)
                 )
                 print(f"| one-image study, idle, {name} | {p50:.3f} | {p95:.3f} |")
             latencies, rate = back_to_back(port, arrivals, images, 2 * args.studies, args.quiet)

@@ -3,13 +3,13 @@
 
     .venv/bin/python bench/bench_ingest.py [--rounds 5] [--cases 0.5x200x1 15x20x1 15x20x4 50x6x1]
 
-Each case is SIZE_MB x INSTANCES x ASSOCIATIONS: DCMTK `storescu` (TCP_NODELAY=1, 128 KiB PDUs;
-Debian's DCMTK leaves Nagle's algorithm on otherwise) sends that many DX instances of that size
-over that many concurrent associations, each association its own instances. The time is
-storescu's wall time (all associations). The node starts afresh each round (new SQLite
-database and spool) and so does storescp (new folder), so that no round sees duplicates.
-storescp writes files without fsync; the node fsyncs every instance and commits its row and
-audit event before it answers 0x0000.
+Each case is SIZE_MB x INSTANCES x ASSOCIATIONS: DCMTK `storescu` sends that many DX instances
+of that size over that many concurrent associations (128 KiB PDUs; storescu and storescp with
+TCP_NODELAY=1: Debian's DCMTK leaves Nagle's algorithm on otherwise), each association its own
+instances. The time is storescu's wall time (all associations). The node starts afresh each
+round (new SQLite database and spool) and so does storescp (new folder): no round sees
+duplicates. storescp writes files without fsync; the node fsyncs every instance and commits
+its row and audit event before it answers 0x0000.
 
 The peak memory of each receiver is sampled every 5 ms while the largest case is sent, and
 printed as growth over its resident set before the send, against the instance size.
@@ -114,6 +114,7 @@ def storescp(folder: Path) -> Iterator[tuple[int, int]]:
     folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [STORESCP, "-od", str(folder), "--max-pdu", str(PDU), "-aet", "DICOMNODE", str(port)],
+        env={**os.environ, "TCP_NODELAY": "1"},  # else each response waits for Nagle
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -152,7 +153,23 @@ def node(folder: Path) -> Iterator[tuple[int, int]]:
         yield port, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            stacks = (
+                subprocess.run(
+                    ["py-spy", "dump", "-p", str(proc.pid)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout
+                if shutil.which("py-spy")
+                else ""
+            )
+            Path("bench-ingest-hung-stop.txt").write_text(stacks)
+            print("warning: serve did not stop within 60 s of SIGTERM; killed", file=sys.stderr)
+            proc.kill()
+            proc.wait()
 
 
 def send(port: int, groups: list[list[Path]]) -> float:
@@ -161,8 +178,19 @@ def send(port: int, groups: list[list[Path]]) -> float:
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [STORESCU, "-aet", "BENCH", "-aec", "DICOMNODE", "--max-pdu", str(PDU), "--required"]
-            + ["127.0.0.1", str(port), *map(str, group)],
+            [
+                STORESCU,
+                "-aet",
+                "BENCH",
+                "-aec",
+                "DICOMNODE",
+                "--max-pdu",
+                str(PDU),
+                "--required",
+                "127.0.0.1",
+                str(port),
+                *map(str, group),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -226,7 +254,8 @@ def main() -> None:
                     target.mkdir()
                     with RECEIVERS[name](target) as (port, pid):
                         if case == largest:
-                            seconds, grown = peak_growth(pid, lambda: send(port, files[case]))
+                            groups = files[case]
+                            seconds, grown = peak_growth(pid, lambda: send(port, groups))  # noqa: B023
                             peaks[name].append(grown)
                         else:
                             seconds = send(port, files[case])

@@ -27,13 +27,21 @@ def _stop_on_signal() -> threading.Event:
     return stop
 
 
+def wait_for(stop: threading.Event) -> None:
+    """Block until `stop` is set. A wait without a timeout may never return: the kernel delivers
+    the signal to any of the node's threads, and Python runs its handler only when the main
+    thread runs again, which a lock wait without a timeout does not do."""
+    while not stop.wait(0.5):
+        pass
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Receive and analyse until SIGINT or SIGTERM."""
     from dicom_node.node import Node
 
     stop = _stop_on_signal()
     with Node(settings_of(args)):
-        stop.wait()
+        wait_for(stop)
     return 0
 
 
@@ -44,7 +52,7 @@ def cmd_work(args: argparse.Namespace) -> int:
     stop = _stop_on_signal()
     settings = settings_of(args)
     with Node(settings, receive=False, workers=max(1, settings.workers)):
-        stop.wait()
+        wait_for(stop)
     return 0
 
 
