@@ -95,12 +95,20 @@ def render_overlay(
 
 
 def blend_heatmap(image: ImageResult, labels: Collection[str] | None = None) -> RGBArray:
-    """The grey radiograph with the maximum of the chosen maps alpha-blended as a jet heatmap."""
-    grey = np.repeat(image.display[..., None].astype(np.float32), 3, axis=2)
+    """The grey radiograph with the maximum of the chosen maps alpha-blended as a jet heatmap.
+
+    Only the pixels whose map value is above MAP_LOW are blended (elsewhere alpha is 0 and the
+    pixel is the grey one exactly): the same image, at a fraction of the arithmetic."""
+    out: RGBArray = np.repeat(image.display[..., None], 3, axis=2)
     cam = union_of_maps(image, labels)
-    alpha = MAX_ALPHA * np.clip((cam - MAP_LOW) / (MAP_HIGH - MAP_LOW), 0.0, 1.0)[..., None]
-    blended = grey * (1.0 - alpha) + jet(cam).astype(np.float32) * alpha
-    out: RGBArray = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    shown = cam > MAP_LOW
+    if not shown.any():
+        return out
+    values = cam[shown]
+    alpha = MAX_ALPHA * np.clip((values - MAP_LOW) / (MAP_HIGH - MAP_LOW), 0.0, 1.0)[..., None]
+    grey = out[shown].astype(np.float32)
+    blended = grey * (1.0 - alpha) + jet(values).astype(np.float32) * alpha
+    out[shown] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return out
 
 
