@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from common import free_port, wait_for_port
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 from pynetdicom import AE
@@ -41,27 +42,6 @@ from dicom_node.synthetic.phantoms import make_phantom
 from dicom_node.testing import DEMO_BUNDLE
 
 STORESCP = "/usr/bin/storescp"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 90.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 class Radiographs:
