@@ -165,6 +165,7 @@ def node(folder: Path, pacs_port: int, quiet: float, workers: int) -> Iterator[i
     env.update(
         {
             "DICOM_NODE_PORT": str(port),
+            "DICOM_NODE_HTTP_PORT": "0",
             "DICOM_NODE_DATABASE_URL": f"sqlite:///{folder / 'node.db'}",
             "DICOM_NODE_SPOOL_DIR": str(folder / "spool"),
             "DICOM_NODE_MODEL_BUNDLE": str(DEMO_BUNDLE),

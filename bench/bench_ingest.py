@@ -114,6 +114,7 @@ def node(folder: Path) -> Iterator[tuple[int, int]]:
     env.update(
         {
             "DICOM_NODE_PORT": str(port),
+            "DICOM_NODE_HTTP_PORT": "0",
             "DICOM_NODE_DATABASE_URL": f"sqlite:///{folder / 'node.db'}",
             "DICOM_NODE_SPOOL_DIR": str(folder / "spool"),
             "DICOM_NODE_WORKERS": "0",

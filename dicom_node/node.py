@@ -8,7 +8,9 @@ Each failure is a `StartupError` whose one-line message names the cause and what
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import json
 import logging
 import threading
 import time
@@ -20,18 +22,20 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import audit
-from dicom_node.audit import Event
+from dicom_node import audit, metrics
+from dicom_node.audit import AuditRecord, Event
 from dicom_node.audit.syslog import SyslogForwarder, forwarder_from_settings
 from dicom_node.dimse.ingest import Ingest
 from dicom_node.dimse.scp import Listeners, start_server
 from dicom_node.dimse.scu import DimseSender, Sender
 from dicom_node.dimse.tls import client_context
 from dicom_node.errors import StartupError
+from dicom_node.http.side import HttpSide
 from dicom_node.model.batching import BatchingClassifier
-from dicom_node.model.bundle import Bundle, BundleError, load_bundle
+from dicom_node.model.bundle import METADATA, SECTION, Bundle, BundleError, load_bundle
 from dicom_node.model.decode_pool import DecodePool
 from dicom_node.model.infer import Classifier, batch_size_for, resolve_device
+from dicom_node.pipeline.dispatch import DeliveryLanes
 from dicom_node.pipeline.retention import purge_received
 from dicom_node.pipeline.run import Services
 from dicom_node.pipeline.wakeup import NotificationListener, QuietTimers, Wakeup
@@ -43,6 +47,48 @@ from dicom_node.store.spool import Spool, write_atomic
 log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 2.0
 RETENTION_EVERY_SECONDS = 3600.0
+
+
+def count_audit_event(item: AuditRecord) -> None:
+    """The audit sink that counts committed rows by type (`dicom_node_audit_events_total`)."""
+    metrics.AUDIT_EVENTS.labels(event_type=item.event_type).inc()
+
+
+audit.add_sink(count_audit_event)  # once per process
+
+
+def export_model(bundle: Bundle) -> None:
+    """The model's identity and each finding's expected positive rate, as metrics."""
+    identity = bundle.identity
+    metrics.MODEL.info(
+        {
+            "name": identity.name,
+            "version": identity.version,
+            "weights_sha256": identity.weights_sha256,
+            "synthetic_demo": str(identity.synthetic_demo).lower(),
+        }
+    )
+    for label, rate in expected_positive_rates(bundle).items():
+        metrics.FINDING_EXPECTED_RATE.labels(finding=label).set(rate)
+
+
+def expected_positive_rates(bundle: Bundle) -> dict[str, float]:
+    """Per finding, the share of studies above threshold the bundle's validation predicts:
+    (sensitivity x positives + (1 - specificity) x negatives) / images."""
+    try:
+        meta = json.loads((bundle.path / METADATA).read_text(encoding="utf-8"))
+        labels = meta[SECTION]["validation_metrics"]["labels"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    rates = {}
+    for label, m in labels.items():
+        try:
+            positives, negatives = float(m["positives"]), float(m["negatives"])
+            hits = m["sensitivity"] * positives + (1 - m["specificity"]) * negatives
+            rates[label] = hits / (positives + negatives)
+        except (KeyError, TypeError, ZeroDivisionError):
+            continue
+    return rates
 
 
 def build_services(
@@ -181,6 +227,14 @@ class Node:
         self.services = (
             build_services(settings, self.sessions, sender=sender) if self.worker_count else None
         )
+        self.lanes: DeliveryLanes | None = None
+        if self.services is not None:
+            self.lanes = DeliveryLanes(
+                self.sessions, self.services.sender, settings, model=self.services.model_label
+            )
+            self.services = dataclasses.replace(self.services, lanes=self.lanes)
+            export_model(self.services.bundle)
+        self.http: HttpSide | None = None
         self.listeners: Listeners | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -198,6 +252,22 @@ class Node:
     def tls_port(self) -> int:
         """The DICOM TLS port the node listens on."""
         return self._port_of("tls")
+
+    @property
+    def http_port(self) -> int:
+        """The port of the HTTP side (health, readiness, metrics)."""
+        if self.http is None:
+            raise RuntimeError("the node has no HTTP side (http_enabled is false)")
+        return self.http.port
+
+    def _listening(self) -> bool:
+        """The DICOM listeners are up (their sockets open)."""
+        if self.listeners is None:
+            return False
+        servers = [s for s in (self.listeners.plain, self.listeners.tls) if s is not None]
+        return bool(servers) and all(
+            s.socket is not None and s.socket.fileno() != -1 for s in servers
+        )
 
     def _port_of(self, kind: str) -> int:
         server = getattr(self.listeners, kind, None) if self.listeners else None
@@ -239,11 +309,31 @@ class Node:
                 self.settings.database_url, self.wakeup, self._stop
             )
             self._notifications.start()
+        if self.lanes is not None:
+            self.lanes.start()
         for number in range(self.worker_count):
             assert self.services is not None
             worker = Worker(self.services, wakeup=self.wakeup)
             self._start_thread(f"worker-{number}", worker.run, self._stop)
+        if self.settings.http_enabled:
+            self.http = self._http_side().start()
         return self
+
+    def _http_side(self) -> HttpSide:
+        try:
+            return HttpSide(
+                self.settings,
+                self.sessions,
+                listening=self._listening if self.receive else None,
+                model_loaded=self.services is not None if self.worker_count else None,
+            )
+        except OSError as exc:
+            self.stop()
+            where = f"{self.settings.http_host}:{self.settings.http_port}"
+            raise StartupError(
+                f"cannot serve HTTP on {where} ({exc.strerror or exc}): set http_port to a free "
+                "port (each process its own) or set http_enabled = false"
+            ) from exc
 
     def _start_thread(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -265,6 +355,9 @@ class Node:
                     log.exception("retention: the spool could not be purged")
 
     def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         self._stop.set()
         self.wakeup.notify()  # idle workers stop now, not after their poll interval
         if self._timers is not None:
@@ -273,6 +366,8 @@ class Node:
             self.listeners.shutdown()
         for thread in self._threads:
             thread.join(timeout=60)
+        if self.lanes is not None:
+            self.lanes.stop()
         if self._notifications is not None:
             self._notifications.join(timeout=5)
         if self.services is not None:

@@ -140,6 +140,23 @@ class Settings(BaseSettings):
     send_attempts: int = Field(default=4, ge=1)
     send_backoff_seconds: float = Field(default=1.0, ge=0)
     send_timeout_seconds: float = Field(default=30.0, gt=0)
+    retry_initial_seconds: float = Field(default=30.0, gt=0)
+    retry_max_interval_seconds: float = Field(default=900.0, gt=0)
+    retry_window_seconds: float = Field(default=86400.0, gt=0)
+    http_host: str = "127.0.0.1"
+    http_enabled: bool = True
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    audit_verify_every_seconds: float = Field(default=3600.0, gt=0)
+    critical_findings: dict[str, float] | None = None  # None: the bundle's list
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    hl7_host: str | None = None
+    hl7_port: int = Field(default=2575, ge=1, le=65535)
+    hl7_sending_application: str = "DICOM-NODE"
+    hl7_sending_facility: str = "RADIOLOGY"
+    hl7_receiving_application: str = "RIS"
+    hl7_receiving_facility: str = "HOSPITAL"
+    notify_timeout_seconds: float = Field(default=10.0, gt=0)
     sc_max_side: int = Field(default=1024, ge=64, le=4096)
     require_view_position: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -184,6 +201,14 @@ class Settings(BaseSettings):
             raise ValueError("DICOM TLS needs tls_ca_file (the CA bundle that verifies peers)")
         if not self.listen_plain and self.tls_port is None:
             raise ValueError("listen_plain = false needs tls_port: the node would not listen")
+        return self
+
+    @model_validator(mode="after")
+    def _check_notifications(self) -> Settings:
+        if self.webhook_url is not None and not self.webhook_secret:
+            raise ValueError("webhook_url needs webhook_secret (the key its HMAC signature uses)")
+        if self.retry_max_interval_seconds < self.retry_initial_seconds:
+            raise ValueError("retry_max_interval_seconds must not be below retry_initial_seconds")
         return self
 
     @field_validator("database_url")

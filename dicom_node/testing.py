@@ -26,6 +26,7 @@ def node_settings(root: Path, **overrides: Any) -> Settings:
     demo model on the CPU and short waits; `overrides` replace any of them."""
     values: dict[str, Any] = {
         "port": 0,
+        "http_port": 0,  # a free port: several nodes run at once in the tests
         "database_url": f"sqlite:///{root / 'node.db'}",
         "spool_dir": root / "spool",
         "model_bundle": DEMO_BUNDLE,

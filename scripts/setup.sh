@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "setup: $*"; }
 
-APT_PACKAGES=(dcmtk orthanc orthanc-webviewer chromium postgresql iproute2)
+APT_PACKAGES=(dcmtk orthanc orthanc-webviewer chromium postgresql iproute2 prometheus)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -77,6 +77,7 @@ def node_env(folder: Path, port: int, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
     values = {
         "port": str(port),
+        "http_port": "0",
         "database_url": f"sqlite:///{folder / 'node.db'}",
         "spool_dir": str(folder / "spool"),
         "model_bundle": str(DEMO_BUNDLE),

@@ -53,13 +53,21 @@ class PostgresCluster:
         if self.as_root:
             shutil.chown(self.root, user=self.user)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        self.start_server()
+        return self
+
+    def start_server(self) -> None:
+        """Start (or start again) the server on its port."""
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
         log = self.root / "server.log"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(log), "-w", "start")
-        return self
+
+    def stop_server(self) -> None:
+        """Stop the server at once (connections cut), keeping its data for `start_server`."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def __exit__(
         self,

@@ -54,6 +54,7 @@ def test_serve_and_separate_work_process_share_postgres(postgres_url: str, tmp_p
         env = {
             **os.environ,
             "DICOM_NODE_PORT": str(port),
+            "DICOM_NODE_HTTP_PORT": "0",
             "DICOM_NODE_DATABASE_URL": postgres_url,
             "DICOM_NODE_SPOOL_DIR": str(tmp_path / "spool"),
             "DICOM_NODE_MODEL_BUNDLE": str(DEMO_BUNDLE),

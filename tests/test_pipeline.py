@@ -290,7 +290,8 @@ def test_job_whose_worker_died_at_every_attempt_is_failed_not_analysed_again(
         events = session.scalars(
             select(AuditEvent.event_type).where(AuditEvent.job_id == job_id)
         ).all()
-    assert events == ["image_skipped", "result_sent", "job_failed"]  # never started again
+    # never started again; its SR is sent by the delivery lane once the job is recorded
+    assert events == ["image_skipped", "job_failed", "result_sent"]
     srs = _srs_of(pacs, study_uid, 2)
     summaries = {
         ds.SOPInstanceUID: ds.ContentSequence[-1].ContentSequence[1].TextValue for ds in srs
@@ -305,7 +306,8 @@ def test_job_whose_worker_died_at_every_attempt_is_failed_not_analysed_again(
 def test_audit_trail_shows_every_step_of_a_study(
     node: Node, pacs: StoreSCP, tmp_path: Path
 ) -> None:
-    """Received, ready, started, sent (SR and SC), finished: in order, with model identity."""
+    """Received, ready, started, finished, sent (SR and SC): in order, with model identity (the
+    delivery lane sends a job's results once the job has recorded its end)."""
     study_uid = str(generate_uid())
     assert (
         storescu(
@@ -326,9 +328,9 @@ def test_audit_trail_shows_every_step_of_a_study(
         "instance_received",
         "study_ready",
         "job_started",
-        "result_sent",
-        "result_sent",
         "job_finished",
+        "result_sent",
+        "result_sent",
     ]
     model = node.services.model_label if node.services else ""
     assert "cxr14-densenet121-demo" in model

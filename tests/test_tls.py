@@ -171,7 +171,7 @@ def test_the_node_delivers_over_tls_to_dcmtk_storescp(
                 == 0
             )
             job = wait_finished(node.sessions, study_uid, timeout=60)
-            assert job.state == "done" and "2 result object(s) delivered" in (job.detail or ""), (
+            assert job.state == "done" and "2 result object(s) queued" in (job.detail or ""), (
                 job.detail
             )
             assert len(pacs.wait_for(2)) == 2

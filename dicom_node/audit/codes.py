@@ -37,6 +37,7 @@ BEGIN_TRANSFERRING = dcm("110102", "Begin Transferring DICOM Instances")
 INSTANCES_ACCESSED = dcm("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = dcm("110104", "DICOM Instances Transferred")
 STUDY_DELETED = dcm("110105", "DICOM Study Deleted")
+EXPORT = dcm("110106", "Export")
 SECURITY_ALERT = dcm("110113", "Security Alert")
 
 # Audit Event Type Codes (CID 401, CID 403)
@@ -117,6 +118,14 @@ DICOM_EVENTS: dict[str, DicomEvent] = {
     # the sender does not know whether the receiver held copies: "R" (PS3.15 A.5.3.4)
     "result_sent": DicomEvent(event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound"),
     "result_failed": DicomEvent(event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound"),
+    # retries ended without the destination storing it: a major failure, alerted
+    "result_dead_lettered": DicomEvent(
+        event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound", failure_code=MAJOR_FAILURE
+    ),
+    # a critical finding's notification (webhook, HL7 ORU^R01) carries the study's identifiers
+    # out of the node: DICOM "Export" (PS3.15 A.5.3.6)
+    "notification_sent": DicomEvent(event_id=EXPORT, action="R", direction="outbound"),
+    "notification_failed": DicomEvent(event_id=EXPORT, action="R", direction="outbound"),
     "audit_log_used": DicomEvent(event_id=AUDIT_LOG_USED, action="R", direction="audit"),
     "audit_log_purged": DicomEvent(event_id=AUDIT_LOG_USED, action="D", direction="audit"),
 }
@@ -142,6 +151,7 @@ EVENT_IDS: dict[str, Code] = {
         BEGIN_TRANSFERRING,
         INSTANCES_ACCESSED,
         INSTANCES_TRANSFERRED,
+        EXPORT,
         SECURITY_ALERT,
         STUDY_DELETED,
     )

@@ -51,6 +51,9 @@ class Event(enum.StrEnum):
     INSTANCES_PURGED = "instances_purged"
     RESULT_SENT = "result_sent"
     RESULT_FAILED = "result_failed"
+    RESULT_DEAD_LETTERED = "result_dead_lettered"
+    NOTIFICATION_SENT = "notification_sent"
+    NOTIFICATION_FAILED = "notification_failed"
     AUDIT_LOG_USED = "audit_log_used"
     AUDIT_LOG_PURGED = "audit_log_purged"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dicom_node import audit
+from dicom_node import audit, metrics
 from dicom_node.audit import AuditRecord
 from dicom_node.audit.chain import canonical_time
 from dicom_node.audit.export import message_bytes
@@ -104,6 +104,7 @@ class SyslogForwarder:
         self._hostname = socket.getfqdn() or socket.gethostname()
         self._context = tls_context(target)
         self._socket: ssl.SSLSocket | None = None
+        self._where = f"{target.host}:{target.port}"
         self._thread = threading.Thread(target=self._run, name="audit-syslog", daemon=True)
 
     def start(self) -> SyslogForwarder:
@@ -117,6 +118,7 @@ class SyslogForwarder:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
+            metrics.SYSLOG_DROPPED.inc()
             with self._lock:
                 self.dropped += 1
                 dropped = self.dropped
@@ -164,10 +166,12 @@ class SyslogForwarder:
                 self._connected().sendall(frame(message))
             except (OSError, ssl.SSLError) as exc:
                 log.warning("audit syslog to %s failed: %s", self.target.host, exc)
+                metrics.SYSLOG_CONNECTED.labels(target=self._where).set(0)
                 self._disconnect()
                 self._stop.wait(delay)
                 delay = min(delay * 2, 60.0)
                 continue
+            metrics.SYSLOG_CONNECTED.labels(target=self._where).set(1)
             with self._lock:
                 self.sent += 1
             return

@@ -59,7 +59,8 @@ def cmd_work(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     """Send the failed result deliveries again; exit status 0 when none is left failed."""
     from dicom_node.node import connect_database, default_sender
-    from dicom_node.pipeline.deliver import deliver, failed_delivery_ids
+    from dicom_node.pipeline.deliver import deliver, failed_delivery_ids, restart_window
+    from dicom_node.pipeline.dispatch import schedule_of
 
     settings = settings_of(args)
     sessions = connect_database(settings.database_url)
@@ -67,8 +68,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if not ids:
         print("no failed deliveries")
         return 0
+    restart_window(sessions, ids)  # a dead-lettered delivery gets a whole retry window again
     sender = default_sender(settings)
-    sent, failed = deliver(sessions, sender, ids, model=None, destinations=settings.destinations)
+    sent, failed = deliver(
+        sessions,
+        sender,
+        ids,
+        model=None,
+        destinations=settings.destinations,
+        schedule=schedule_of(settings),
+    )
     print(f"retried {len(ids)} delivery(ies): {sent} sent, {failed} still failed")
     return 0 if failed == 0 else 1
 

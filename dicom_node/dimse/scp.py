@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import ssl
 import threading
+import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, cast
@@ -37,7 +39,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_node import audit
+from dicom_node import audit, metrics
 from dicom_node.audit import Event, Outcome, Peer
 from dicom_node.dimse import admission, limits
 from dicom_node.dimse.ingest import Ingest
@@ -89,16 +91,35 @@ def peer_of(event: PynetdicomEvent) -> Peer:
 
 def handle_store(event: PynetdicomEvent, ingest: Ingest) -> int:
     """EVT_C_STORE: the one error boundary of the SCP."""
+    started = time.perf_counter()
     peer = peer_of(event)
+    request = cast(C_STORE, event.request)
+    sop_class = str(request.AffectedSOPClassUID or "") or None
+    size = _received_bytes(event)
     try:
         item = read_request(event)
         outcome = ingest.store_in_time(item, peer, id(event.assoc))
     except StoreError as exc:
         log.warning("C-STORE refused with 0x%04X: %s", exc.status, exc)
         ingest.reject(peer, exc, _sop_uid_or_none(event))
+        metrics.count_store(exc.status, sop_class, size, time.perf_counter() - started)
         return exc.status
     log.debug("instance stored (%s)", outcome.value)
+    metrics.count_store(SUCCESS, sop_class, size, time.perf_counter() - started)
     return SUCCESS
+
+
+def _received_bytes(event: PynetdicomEvent) -> int:
+    """The size of the data set received (its spooled temporary file, or the buffer)."""
+    data = cast(C_STORE, event.request).DataSet
+    try:
+        if data is None:
+            return 0
+        if hasattr(data, "name"):
+            return int(os.fstat(data.fileno()).st_size)
+        return len(data.getbuffer())
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def _sop_uid_or_none(event: PynetdicomEvent) -> str | None:
@@ -119,6 +140,9 @@ def handle_accepted(event: PynetdicomEvent, ingest: Ingest, settings: Settings) 
         event.assoc.abort()
         _audit_refusal(ingest, peer, reason)
         return
+    metrics.ASSOCIATIONS.labels(outcome="accepted").inc()
+    metrics.ASSOCIATIONS_OPEN.inc()
+    event.assoc.dicom_node_counted = True  # type: ignore[attr-defined]
     notes = []
     subject = admission.tls_subject(event.assoc)
     if subject is not None:
@@ -136,6 +160,7 @@ def handle_rejected(event: PynetdicomEvent, ingest: Ingest) -> None:
 
 def _audit_refusal(ingest: Ingest, peer: Peer, reason: str) -> None:
     log.warning("association refused: %s", reason)
+    metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
     _audit(ingest, Event.ASSOCIATION_REJECTED, Outcome.FAILURE, peer, reason)
 
 
@@ -165,6 +190,9 @@ def _rejection_reason(event: PynetdicomEvent) -> str:
 
 def handle_closed(event: PynetdicomEvent, ingest: Ingest) -> None:
     """EVT_RELEASED and EVT_ABORTED."""
+    if getattr(event.assoc, "dicom_node_counted", False):
+        event.assoc.dicom_node_counted = False  # type: ignore[attr-defined]
+        metrics.ASSOCIATIONS_OPEN.dec()
     ingest.close_association(id(event.assoc))
 
 

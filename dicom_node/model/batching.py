@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from dicom_node import metrics
 from dicom_node.model.explain import Map, maps_from_features
 from dicom_node.model.infer import Classifier
 
@@ -39,8 +40,12 @@ def analyse_batch(
     n_labels = len(classifier.labels)
     if batch.shape[0] == 0:
         return Analysis(probabilities=np.zeros((0, n_labels), np.float32), maps=())
+    started = time.perf_counter()
     features = classifier.features(batch)
     probs = classifier.probabilities(features)
+    inferred = time.perf_counter()
+    metrics.BATCH_SIZE.observe(batch.shape[0])
+    metrics.STAGE_SECONDS.labels(stage="inference").observe(inferred - started)
     if explain == "all":
         wanted = [list(range(n_labels))] * len(probs)
     elif explain == "present":
@@ -48,6 +53,7 @@ def analyse_batch(
     else:
         wanted = [[] for _ in probs]
     maps = maps_from_features(classifier, features, wanted, size=batch.shape[-1])
+    metrics.STAGE_SECONDS.labels(stage="gradcam").observe(time.perf_counter() - inferred)
     return Analysis(probabilities=probs, maps=tuple(maps))
 
 

@@ -11,7 +11,9 @@ be analysed and why, for every image of it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node import metrics
 from dicom_node.dimse.scu import Sender
 from dicom_node.domain import (
     FindingResult,
@@ -38,6 +41,7 @@ from dicom_node.model.decode_pool import DecodePool, prepare_files
 from dicom_node.model.explain import map_to_display
 from dicom_node.model.pixel_budget import DEFAULT_MAX_PIXELS
 from dicom_node.pipeline.deliver import deliver
+from dicom_node.pipeline.dispatch import DeliveryLanes, schedule_of
 from dicom_node.pipeline.record import record_results
 from dicom_node.pipeline.results import JobContext, choose_results
 from dicom_node.pipeline.selection import is_image, skip_reason
@@ -62,6 +66,7 @@ class Services:
     sender: Sender
     batcher: BatchingClassifier
     decode_pool: DecodePool | None = None  # None: decode in the worker thread
+    lanes: DeliveryLanes | None = None  # None: the job sends its results itself
 
     @property
     def model_label(self) -> str:
@@ -75,15 +80,39 @@ def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:
     sources = load_sources(ctx.sessions, job.study_instance_uid)
     images, others = separate_images(sources)
     eligible, skipped = select_images(images, ctx.settings.require_view_position)
-    prepared, unreadable = prepare_images(
-        eligible,
-        ctx.bundle,
-        ctx.settings.sc_max_side,
-        ctx.decode_pool,
-        max_pixels=ctx.settings.max_decoded_pixels,
-    )
-    analysed = analyse(ctx, prepared)
+    with timed("decode"):
+        prepared, unreadable = prepare_images(
+            eligible,
+            ctx.bundle,
+            ctx.settings.sc_max_side,
+            ctx.decode_pool,
+            max_pixels=ctx.settings.max_decoded_pixels,
+        )
+    analysed = analyse(ctx, prepared)  # the inference and gradcam stages: timed by the batcher
+    count_findings(analysed)
     return report(ctx, job, analysed, [*skipped, *unreadable], others)
+
+
+@contextmanager
+def timed(stage: str) -> Iterator[None]:
+    """Observe the stage's time in `dicom_node_job_stage_seconds`."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.STAGE_SECONDS.labels(stage=stage).observe(time.perf_counter() - started)
+
+
+def count_findings(analysed: Sequence[ImageResult]) -> None:
+    """Per finding: one more study read, and one more positive when any image has it above
+    its threshold (the positive rate the drift alert watches)."""
+    if not analysed:
+        return
+    positive = {f.label for image in analysed for f in image.present}
+    for finding in analysed[0].findings:
+        metrics.FINDING_STUDIES.labels(finding=finding.label).inc()
+        if finding.label in positive:
+            metrics.FINDING_POSITIVE.labels(finding=finding.label).inc()
 
 
 def report_failure(ctx: Services, job: ClaimedJob, reason: str) -> JobOutcome:
@@ -115,7 +144,7 @@ def report(
     )
     context = JobContext(job_id=job.id, reprocess=job.reason == "reprocess", replaces=not failure)
     # Encoding takes a while: on a read-only snapshot, so that C-STORE commits go on meanwhile.
-    with reading(ctx.sessions) as session:
+    with reading(ctx.sessions) as session, timed("encode"):
         files = choose_results(session, ctx.spool, study, context, wanted_sc_findings(ctx.settings))
     with ctx.sessions.begin() as session:
         delivery_ids = record_results(
@@ -128,14 +157,17 @@ def report(
             destinations=ctx.settings.destinations,
             model=ctx.model_label,
         )
+    if ctx.lanes is not None:  # each destination's lane sends them once the job has ended
+        return summarise(study, queued=len(delivery_ids))
     sent, failed = deliver(
         ctx.sessions,
         ctx.sender,
         delivery_ids,
         model=ctx.model_label,
         destinations=ctx.settings.destinations,
+        schedule=schedule_of(ctx.settings),
     )
-    return summarise(study, sent, failed)
+    return summarise(study, sent=sent, failed=failed)
 
 
 def load_sources(sessions: sessionmaker[Session], study_instance_uid: str) -> list[SourceImage]:
@@ -263,9 +295,14 @@ def wanted_sc_findings(settings: Settings) -> tuple[ScFindings, ...]:
     return tuple(f for f in SC_FINDINGS if f in wanted) or ("present",)
 
 
-def summarise(study: StudyResult, sent: int, failed: int) -> JobOutcome:
-    """How the job ended, in one line."""
-    delivery = f"{sent} result object(s) delivered" + (f", {failed} failed" if failed else "")
+def summarise(
+    study: StudyResult, *, sent: int = 0, failed: int = 0, queued: int | None = None
+) -> JobOutcome:
+    """How the job ended, in one line (`queued`: handed to the delivery lanes)."""
+    if queued is not None:
+        delivery = f"{queued} result object(s) queued for delivery"
+    else:
+        delivery = f"{sent} result object(s) delivered" + (f", {failed} failed" if failed else "")
     if study.failure:
         return JobOutcome(state="failed", detail=f"{study.failure}; {delivery}")
     if not study.analysed:

@@ -7,8 +7,9 @@ import logging
 import os
 import socket
 import threading
+import time
 
-from dicom_node import audit
+from dicom_node import audit, metrics
 from dicom_node.audit import Event, Outcome
 from dicom_node.log import bound
 from dicom_node.pipeline.assemble import promote_ready_studies
@@ -78,6 +79,7 @@ class Worker:
             self._process(job)
 
     def _process(self, job: ClaimedJob) -> None:
+        started = time.perf_counter()
         self._record_start(job)
         done = threading.Event()
         heartbeat = threading.Thread(target=self._renew, args=(job, done), daemon=True)
@@ -92,6 +94,7 @@ class Worker:
             done.set()
             heartbeat.join()
         self._finish(job, state, detail)
+        metrics.JOB_SECONDS.observe(time.perf_counter() - started)
 
     def _finish(self, job: ClaimedJob, state: str, detail: str) -> None:
         """Record how the job ended; a failure after the last attempt first sends the study's
@@ -100,6 +103,9 @@ class Worker:
         if state == "failed" and not retry:
             detail = self._report_failure(job, detail)
         self._record_end(job, state, detail, retry=retry)
+        metrics.JOBS_FINISHED.labels(state="retry" if retry else state).inc()
+        if self.ctx.lanes is not None:  # its results are due now
+            self.ctx.lanes.wake()
         if state == "failed":
             log.error("job %d failed%s: %s", job.id, " (will retry)" if retry else "", detail)
         else:

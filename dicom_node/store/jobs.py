@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.store.schema import Job, utcnow
+from dicom_node.store.schema import Delivery, Job, utcnow
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -115,7 +115,8 @@ def wait_finished(
     after: int = 0,
     timeout: float = 60.0,
 ) -> Job:
-    """Wait until the newest job of the study with an id above `after` has finished; return it.
+    """Wait until the newest job of the study with an id above `after` has finished and each
+    of its deliveries was tried once (none is still pending); return the job.
 
     For the demo and the tests, which watch the node from outside. Raises TimeoutError."""
     deadline = time.monotonic() + timeout
@@ -126,7 +127,10 @@ def wait_finished(
                 .where(Job.study_instance_uid == study_instance_uid, Job.id > after)
                 .order_by(Job.id.desc())
             ).first()
-        if job is not None and job.state in FINISHED:
+            pending = job is not None and session.scalar(
+                select(Delivery.id).where(Delivery.job_id == job.id, Delivery.state == "pending")
+            )
+        if job is not None and job.state in FINISHED and not pending:
             return job
         time.sleep(0.1)
     raise TimeoutError(f"no finished job of the study within {timeout:.0f} s")

@@ -144,10 +144,16 @@ class Skip(Base):
 
 
 class Delivery(Base):
-    """A result object owed to a destination. `state`: pending, sent, failed."""
+    """A result object owed to a destination. `state`: pending (to be sent, at `due_at`), sent,
+    failed (retried automatically at `due_at`), dead (the retry window passed: dead-lettered,
+    `dicom-node retry` still sends it), withdrawn. `lease_*`: the delivery lane that is sending
+    it now (a lane that died loses it)."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (Index("ix_deliveries_state", "state"),)
+    __table_args__ = (
+        Index("ix_deliveries_state", "state"),
+        Index("ix_deliveries_due", "destination_ae", "state", "due_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
@@ -163,6 +169,35 @@ class Delivery(Base):
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    first_failed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Notification(Base):
+    """A critical-finding notification owed to a receiver (`kind`: webhook or hl7), one per
+    study, result version (the SR's SOP Instance UID) and kind. `state`: pending, sent, failed
+    (retried at `due_at`), dead. `payload`: the exact bytes sent (JSON or the HL7 message)."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        Index("ix_notifications_version", "sr_sop_instance_uid", "kind", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sr_sop_instance_uid: Mapped[str] = mapped_column(UID)
+    kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ResultObject(Base):

@@ -92,6 +92,7 @@ def run_demo(workdir: Path, *, seed: int = 7, timeout: float = 180.0) -> int:
         environ={},
         overrides={
             "port": 0,
+            "http_enabled": False,  # the demo needs no HTTP side
             "database_url": f"sqlite:///{workdir / 'dicom-node.db'}",
             "spool_dir": workdir / "spool",
             "quiet_seconds": 1.0,
