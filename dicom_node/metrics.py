@@ -11,6 +11,10 @@ A leaf module: it imports nothing of the node, so that any stage may count what 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 PREFIX = "dicom_node"
@@ -88,6 +92,25 @@ FINDING_POSITIVE = Counter(
     ["finding"],
 )
 MODEL = Info(f"{PREFIX}_model", "The model bundle this process analyses with")
+
+
+@contextmanager
+def timed(stage: str) -> Iterator[None]:
+    """Observe the block's time as the job stage `stage` (`dicom_node_job_stage_seconds`)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_SECONDS.labels(stage=stage).observe(time.perf_counter() - started)
+
+
+def count_findings(read: Iterable[str], positive: set[str]) -> None:
+    """One study analysed: per finding read, one more study, and one more positive when any
+    of its images has the finding above threshold (the positive rate the drift alert watches)."""
+    for label in read:
+        FINDING_STUDIES.labels(finding=label).inc()
+        if label in positive:
+            FINDING_POSITIVE.labels(finding=label).inc()
 
 
 def count_store(status: int, sop_class_uid: str | None, size: int, seconds: float) -> None:

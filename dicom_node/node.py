@@ -10,39 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-import torch
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import audit, metrics
 from dicom_node.audit import AuditRecord, Event
 from dicom_node.audit.syslog import SyslogForwarder, forwarder_from_settings
 from dicom_node.dimse.ingest import Ingest
 from dicom_node.dimse.scp import Listeners, start_server
-from dicom_node.dimse.scu import DimseSender, Sender
-from dicom_node.dimse.tls import client_context
+from dicom_node.dimse.scu import Sender
 from dicom_node.errors import StartupError
+from dicom_node.http.collect import export_model
 from dicom_node.http.side import HttpSide
-from dicom_node.model.batching import BatchingClassifier
-from dicom_node.model.bundle import METADATA, SECTION, Bundle, BundleError, load_bundle
-from dicom_node.model.decode_pool import DecodePool
-from dicom_node.model.infer import Classifier, batch_size_for, resolve_device
+from dicom_node.notify import Notifier
 from dicom_node.pipeline.dispatch import DeliveryLanes
 from dicom_node.pipeline.retention import purge_received
-from dicom_node.pipeline.run import Services
 from dicom_node.pipeline.wakeup import NotificationListener, QuietTimers, Wakeup
 from dicom_node.pipeline.worker import Worker
 from dicom_node.settings import Settings
-from dicom_node.store.database import open_database
-from dicom_node.store.spool import Spool, write_atomic
+from dicom_node.startup import build_services, check_spool, connect_database
+from dicom_node.store.spool import Spool
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 2.0
@@ -57,125 +48,6 @@ def count_audit_event(item: AuditRecord) -> None:
 audit.add_sink(count_audit_event)  # once per process
 
 
-def export_model(bundle: Bundle) -> None:
-    """The model's identity and each finding's expected positive rate, as metrics."""
-    identity = bundle.identity
-    metrics.MODEL.info(
-        {
-            "name": identity.name,
-            "version": identity.version,
-            "weights_sha256": identity.weights_sha256,
-            "synthetic_demo": str(identity.synthetic_demo).lower(),
-        }
-    )
-    for label, rate in expected_positive_rates(bundle).items():
-        metrics.FINDING_EXPECTED_RATE.labels(finding=label).set(rate)
-
-
-def expected_positive_rates(bundle: Bundle) -> dict[str, float]:
-    """Per finding, the share of studies above threshold the bundle's validation predicts:
-    (sensitivity x positives + (1 - specificity) x negatives) / images."""
-    try:
-        meta = json.loads((bundle.path / METADATA).read_text(encoding="utf-8"))
-        labels = meta[SECTION]["validation_metrics"]["labels"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    rates = {}
-    for label, m in labels.items():
-        try:
-            positives, negatives = float(m["positives"]), float(m["negatives"])
-            hits = m["sensitivity"] * positives + (1 - m["specificity"]) * negatives
-            rates[label] = hits / (positives + negatives)
-        except (KeyError, TypeError, ZeroDivisionError):
-            continue
-    return rates
-
-
-def build_services(
-    settings: Settings, sessions: sessionmaker[Session], *, sender: Sender | None = None
-) -> Services:
-    """Load and validate the model bundle and assemble what workers need."""
-    bundle, device = _load_model(settings)
-    max_batch = batch_size_for(device, settings.max_batch)
-    log.info(
-        "model %s %s on %s, batches of up to %d",
-        bundle.identity.name,
-        bundle.identity.version,
-        device,
-        max_batch,
-    )
-    return Services(
-        settings=settings,
-        sessions=sessions,
-        spool=Spool(settings.spool_dir),
-        bundle=bundle,
-        batcher=BatchingClassifier(
-            _classifier(bundle, device, settings, max_batch),
-            max_batch=max_batch,
-            max_wait_ms=settings.max_wait_ms,
-        ),
-        sender=sender or default_sender(settings),
-        decode_pool=(
-            DecodePool(settings.decode_processes, memory_bytes=settings.decode_memory_bytes)
-            if settings.decode_processes
-            else None
-        ),
-    )
-
-
-def _load_model(settings: Settings) -> tuple[Bundle, torch.device]:
-    path = settings.model_bundle
-    try:
-        bundle = load_bundle(path)
-    except BundleError as exc:
-        raise StartupError(
-            f"model bundle {path} is missing or invalid ({exc}): set model_bundle to a MONAI "
-            "bundle folder (models/<name>, see the README)"
-        ) from exc
-    try:
-        return bundle, resolve_device(settings.device)
-    except ValueError as exc:
-        raise StartupError(f'{exc}: set device = "cpu" or "auto"') from exc
-
-
-def _classifier(
-    bundle: Bundle, device: torch.device, settings: Settings, max_batch: int
-) -> Classifier:
-    try:
-        return Classifier(bundle, device, max_batch=max_batch)
-    except BundleError as exc:
-        raise StartupError(
-            f"model bundle {settings.model_bundle} cannot be loaded ({exc}): check its "
-            "models/model.pt and configs"
-        ) from exc
-
-
-def connect_database(url: str) -> sessionmaker[Session]:
-    """The database reached and migrated; a StartupError naming the URL (password hidden)."""
-    try:
-        return open_database(url)
-    except (SQLAlchemyError, OSError) as exc:
-        shown = make_url(url).render_as_string(hide_password=True)
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise StartupError(
-            f"database {shown} cannot be used ({reason}): check database_url and that the "
-            "database server is running and reachable"
-        ) from exc
-
-
-def check_spool(spool_dir: Path) -> None:
-    """The spool folder exists (created if need be) and takes a durable write."""
-    probe = spool_dir / ".write-test"
-    try:
-        write_atomic(probe, b"dicom-node")
-        probe.unlink()
-    except OSError as exc:
-        raise StartupError(
-            f"spool folder {spool_dir} is not writable ({exc.strerror or exc}): fix its "
-            "permissions or set spool_dir to a writable folder"
-        ) from exc
-
-
 def _listen(settings: Settings, ingest: Ingest) -> Listeners:
     try:
         return start_server(settings, ingest)
@@ -188,24 +60,6 @@ def _listen(settings: Settings, ingest: Ingest) -> Listeners:
         raise StartupError(
             f"cannot listen on {where} ({exc.strerror or exc}): check host and port"
         ) from exc
-
-
-def default_sender(settings: Settings) -> DimseSender:
-    """The C-STORE SCU towards the destinations, with the TLS client context when any of them
-    uses DICOM TLS."""
-    tls = None
-    if any(d.tls for d in settings.destinations):
-        tls = client_context(
-            cert=settings.tls_cert_file, key=settings.tls_key_file, ca=settings.tls_ca_file
-        )
-    return DimseSender(
-        ae_title=settings.ae_title,
-        max_pdu=settings.max_pdu,
-        attempts=settings.send_attempts,
-        backoff_seconds=settings.send_backoff_seconds,
-        timeout_seconds=settings.send_timeout_seconds,
-        tls_context=tls,
-    )
 
 
 class Node:
@@ -228,11 +82,14 @@ class Node:
             build_services(settings, self.sessions, sender=sender) if self.worker_count else None
         )
         self.lanes: DeliveryLanes | None = None
+        self._notify_wake = threading.Event()  # a job planned critical-finding notifications
         if self.services is not None:
             self.lanes = DeliveryLanes(
                 self.sessions, self.services.sender, settings, model=self.services.model_label
             )
-            self.services = dataclasses.replace(self.services, lanes=self.lanes)
+            self.services = dataclasses.replace(
+                self.services, lanes=self.lanes, notify_wake=self._notify_wake
+            )
             export_model(self.services.bundle)
         self.http: HttpSide | None = None
         self.listeners: Listeners | None = None
@@ -311,6 +168,8 @@ class Node:
             self._notifications.start()
         if self.lanes is not None:
             self.lanes.start()
+            notifier = Notifier(self.sessions, self.settings, model=self.lanes.model)
+            self._start_thread("notifier", notifier.run, self._stop, self._notify_wake)
         for number in range(self.worker_count):
             assert self.services is not None
             worker = Worker(self.services, wakeup=self.wakeup)
@@ -359,6 +218,7 @@ class Node:
             self.http.stop()
             self.http = None
         self._stop.set()
+        self._notify_wake.set()
         self.wakeup.notify()  # idle workers stop now, not after their poll interval
         if self._timers is not None:
             self._timers.close()

@@ -31,6 +31,14 @@ Public projects disagree on several of these; the choices and rejected alternati
   confirms a concept.
 - Study summary: 121402 "Normality" (PS3.16) = CID 222 Normal / Abnormal / Normality Undetermined,
   stated for the 14 findings the model reads, with a TEXT summary next to it.
+- Critical finding (the flag of a study whose finding crossed a configured critical threshold):
+  a local concept name (`99DCMNODE` CRITICAL-FINDING "Critical finding") whose value is the
+  finding's own code. Searched (2026, pydicom 3.0 codedict of PS3.16): no DCM or SCT concept
+  name for a critical result; LOINC 73568-8 "Communication of Critical Results" is a report
+  section heading (CID 7001) for the narrative of a communication, not a finding; CID 7035
+  Actionable Finding Classification (RadLex RID49480-RID49482, ACR categories 1-3) grades the
+  urgency of a finding a radiologist made, which a threshold on a model's output cannot claim.
+  DCM 121071 "Finding" alone would not tell the flag from any other finding.
 """
 
 from __future__ import annotations
@@ -212,6 +220,16 @@ NORMAL = _sct("17621005", "Normal", "PS3.16 CID 222 Normality")
 ABNORMAL = _sct("263654008", "Abnormal", "PS3.16 CID 222 Normality")
 NORMALITY_UNDETERMINED = _sct(
     "371934000", "Normality Undetermined", "PS3.16 CID 222 Normality (no image analysed)"
+)
+CRITICAL_FINDING = Concept(
+    value="CRITICAL-FINDING",
+    scheme=LOCAL_SCHEME,
+    meaning="Critical finding",
+    source=(
+        "local code: PS3.16 has no concept name for a critical result (LOINC 73568-8 is a "
+        "section heading, CID 7035 grades a radiologist's actionable finding): see module "
+        "docstring"
+    ),
 )
 QUALITATIVE_EVALUATIONS = Concept(
     value="C0034375",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal, get_args
 
 import numpy as np
@@ -127,15 +128,39 @@ class SkippedImage:
         return str(self.source.SOPInstanceUID)
 
 
+def critical_hits(
+    images: Sequence[ImageResult], critical: Mapping[str, float]
+) -> tuple[tuple[ImageResult, FindingResult], ...]:
+    """The findings that cross a critical threshold: per label of `critical`, the image on which
+    the label has its highest probability, when that probability is at or above the label's
+    critical threshold. In the order the model reads its labels; on a tie, the first image."""
+    best: dict[str, tuple[ImageResult, FindingResult]] = {}
+    for image in images:
+        for finding in image.findings:
+            limit = critical.get(finding.label)
+            if limit is None or finding.probability < limit:
+                continue
+            held = best.get(finding.label)
+            if held is None or finding.probability > held[1].probability:
+                best[finding.label] = (image, finding)
+    return tuple(best.values())
+
+
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
 class StudyResult:
-    """Everything the encoders need for one study."""
+    """Everything the encoders need for one study.
+
+    `critical` holds the critical thresholds in force, {label: threshold in (0, 1)}: a study
+    with a finding at or above one is flagged in its SR (`structured_reports.evaluations`);
+    empty, nothing is flagged.
+    """
 
     study_instance_uid: str
     model: ModelIdentity
     images: tuple[ImageResult, ...]
     skipped: tuple[SkippedImage, ...] = ()
     failure: str | None = None  # why the analysis could not be completed, if it could not
+    critical: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.images and not self.skipped:
@@ -143,6 +168,15 @@ class StudyResult:
         for source in self.sources:
             if str(source.StudyInstanceUID) != self.study_instance_uid:
                 raise ValueError("every image of a study result must belong to its study")
+        for label, threshold in self.critical.items():
+            if not 0.0 < threshold < 1.0:
+                raise ValueError(f"critical threshold of {label!r} out of (0, 1): {threshold}")
+        object.__setattr__(self, "critical", MappingProxyType(dict(self.critical)))
+
+    @property
+    def critical_hits(self) -> tuple[tuple[ImageResult, FindingResult], ...]:
+        """(image, finding) of each label at or above its critical threshold (`critical_hits`)."""
+        return critical_hits(self.images, self.critical)
 
     @property
     def analysed(self) -> bool:

@@ -10,8 +10,9 @@ Content tree (PS3.16 TID 1500; one TID 1501 group per finding per analysed image
         Measurement Group: tracking id and UID, finding type, TID 4019 algorithm (name, version,
                            weights digest, threshold), source image,
                            Probability (UCUM "1"), Presence of property: Present | Absent
-      Qualitative Evaluations: Normality and Summary of the study, the disclaimer, the reason of
-                           every image not analysed (`structured_reports.evaluations`)
+      Qualitative Evaluations: Normality and Summary of the study, the critical finding flag
+                           (when a finding reached its critical threshold), the disclaimer, the
+                           reason of every image not analysed (`structured_reports.evaluations`)
 
 Every UID is a pure function of its inputs (resends are idempotent; a changed result is a new
 instance): the series from (study, model device), the instance also from a digest of the content
@@ -165,17 +166,23 @@ def sr_instance_uid(
 
 def content_digest(result: StudyResult) -> str:
     """SHA-256 of what the SR states: per image the labels, rounded probabilities and thresholds;
-    per skipped image its reason; the procedure reported. Independent of the order in which
-    images are listed."""
+    per skipped image its reason; the procedure reported; the critical findings flagged (label,
+    critical threshold, image), a key present only when one is, so that an unflagged result keeps
+    the digest it had before flags existed. Independent of the order in which images are listed."""
     images = sorted(
         [image.sop_instance_uid, [_finding_key(f) for f in image.findings]]
         for image in result.images
     )
     skipped = sorted([item.sop_instance_uid, item.reason] for item in result.skipped)
     procedures = [[str(c.value), str(c.scheme_designator)] for c in procedure_codes(result.sources)]
-    text = json.dumps(
-        {"images": images, "skipped": skipped, "procedures": procedures}, sort_keys=True
+    stated: dict[str, object] = {"images": images, "skipped": skipped, "procedures": procedures}
+    critical = sorted(
+        [finding.label, result.critical[finding.label], image.sop_instance_uid]
+        for image, finding in result.critical_hits
     )
+    if critical:
+        stated["critical"] = critical
+    text = json.dumps(stated, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -189,7 +196,8 @@ def _finding_key(finding: FindingResult) -> list[object]:
 
 
 def _uses_local_codes(result: StudyResult) -> bool:
-    return any(
+    """True when a code of the local scheme is in the tree: a finding's or the critical flag."""
+    return bool(result.critical_hits) or any(
         codes.FINDING_CODES[finding.label].scheme == codes.LOCAL_SCHEME
         for image in result.images
         for finding in image.findings

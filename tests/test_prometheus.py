@@ -58,7 +58,8 @@ def test_prometheus_scrapes_the_node_and_returns_its_cstore_stage_and_delivery_s
     """`dicom-node serve` with a storescp destination and Prometheus scraping its /metrics
     every second. Two images of one study sent: Prometheus returns 2 C-STOREs answered
     0x0000 (DX class), both images in the batches, 3 deliveries sent to the PACS (the
-    SR and an SC per image) and none failed, the job done, the model's identity, and the target up."""
+    SR and an SC per image) and none failed, the job done, the model's identity, and the
+    target up."""
     dicom_port, http_port, prom_port = free_port(), free_port(), free_port()
     with StoreSCP(tmp_path / "pacs", aet="PACS") as pacs:
         destination = f'[{{"ae_title":"PACS","host":"127.0.0.1","port":{pacs.port}}}]'

@@ -84,6 +84,19 @@ def skipped_study() -> StudyResult:
     )
 
 
+def flagged_study() -> StudyResult:
+    """The mixed study with critical thresholds that two of its findings reach (Pneumothorax,
+    Pleural_Thickening, a local code) and one (Hernia) does not."""
+    base = mixed_study()
+    return StudyResult(
+        study_instance_uid=base.study_instance_uid,
+        model=base.model,
+        images=base.images,
+        skipped=base.skipped,
+        critical={"Pneumothorax": 0.05, "Pleural_Thickening": 0.05, "Hernia": 0.999},
+    )
+
+
 def to_bytes(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -238,7 +251,11 @@ CREATION_TIMES = (
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("make", [mixed_study, skipped_study], ids=["analysed", "none-analysed"])
+@pytest.mark.parametrize(
+    "make",
+    [mixed_study, skipped_study, flagged_study],
+    ids=["analysed", "none-analysed", "flagged"],
+)
 def test_the_fast_build_encodes_the_same_bytes_as_highdicoms(make: object) -> None:
     """The SR built around a stand-in of the content tree (the node's way, 3 to 4 times
     faster) encodes to the very bytes of the SR highdicom builds with the whole tree, times of

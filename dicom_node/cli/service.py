@@ -58,9 +58,9 @@ def cmd_work(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     """Send the failed result deliveries again; exit status 0 when none is left failed."""
-    from dicom_node.node import connect_database, default_sender
     from dicom_node.pipeline.deliver import deliver, failed_delivery_ids, restart_window
     from dicom_node.pipeline.dispatch import schedule_of
+    from dicom_node.startup import connect_database, default_sender
 
     settings = settings_of(args)
     sessions = connect_database(settings.database_url)
@@ -92,8 +92,8 @@ def configure_reprocess(parser: argparse.ArgumentParser) -> None:
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
     """Queue the study for a worker (no model is loaded here)."""
-    from dicom_node.node import connect_database
     from dicom_node.pipeline.reprocess import request_reprocess
+    from dicom_node.startup import connect_database
 
     settings = settings_of(args)
     job_id = request_reprocess(connect_database(settings.database_url), args.study_uid)
@@ -112,8 +112,8 @@ def configure_retract(parser: argparse.ArgumentParser) -> None:
 def cmd_retract(args: argparse.Namespace) -> int:
     """Withdraw the study's results: an IOCM rejection note to every destination that got them
     (no model is loaded here); exit status 0 when every note was delivered."""
-    from dicom_node.node import connect_database, default_sender
     from dicom_node.pipeline.retract import retract_study
+    from dicom_node.startup import connect_database, default_sender
     from dicom_node.store.spool import Spool
 
     settings = settings_of(args)
@@ -146,8 +146,8 @@ def configure_purge(parser: argparse.ArgumentParser) -> None:
 
 def cmd_purge_spool(args: argparse.Namespace) -> int:
     """Remove received instances of studies answered long enough ago (audited)."""
-    from dicom_node.node import connect_database
     from dicom_node.pipeline.retention import purge_received
+    from dicom_node.startup import connect_database
 
     settings = settings_of(args)
     days = args.older_than_days or settings.spool_retention_days

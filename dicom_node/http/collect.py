@@ -4,6 +4,7 @@ verification of the audit chain whose outcome it exports."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import metrics
 from dicom_node.audit import chain
+from dicom_node.model.bundle import METADATA, SECTION, Bundle
 from dicom_node.store.schema import Delivery, Job, Notification, Study, utcnow
 
 log = logging.getLogger(__name__)
@@ -125,3 +127,37 @@ class ChainWatch:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+
+
+def export_model(bundle: Bundle) -> None:
+    """The model's identity and each finding's expected positive rate, as metrics."""
+    identity = bundle.identity
+    metrics.MODEL.info(
+        {
+            "name": identity.name,
+            "version": identity.version,
+            "weights_sha256": identity.weights_sha256,
+            "synthetic_demo": str(identity.synthetic_demo).lower(),
+        }
+    )
+    for label, rate in expected_positive_rates(bundle).items():
+        metrics.FINDING_EXPECTED_RATE.labels(finding=label).set(rate)
+
+
+def expected_positive_rates(bundle: Bundle) -> dict[str, float]:
+    """Per finding, the share of studies above threshold the bundle's validation predicts:
+    (sensitivity x positives + (1 - specificity) x negatives) / images."""
+    try:
+        meta = json.loads((bundle.path / METADATA).read_text(encoding="utf-8"))
+        labels = meta[SECTION]["validation_metrics"]["labels"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    rates = {}
+    for label, m in labels.items():
+        try:
+            positives, negatives = float(m["positives"]), float(m["negatives"])
+            hits = m["sensitivity"] * positives + (1 - m["specificity"]) * negatives
+            rates[label] = hits / (positives + negatives)
+        except (KeyError, TypeError, ZeroDivisionError):
+            continue
+    return rates

@@ -60,10 +60,15 @@ class Bundle:
     std: float
     network_name: str = "DenseNet121"
     network_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # label -> critical threshold: a study at or above one raises a critical-finding notification
+    critical_findings: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.labels) != len(self.thresholds):
             raise ValueError("a bundle needs one threshold per label")
+        unknown = sorted(set(self.critical_findings) - set(self.labels))
+        if unknown:
+            raise ValueError(f"critical findings {unknown} are not labels of the bundle")
 
     @property
     def input_spec(self) -> InputSpec:
@@ -172,6 +177,30 @@ def _labels_and_thresholds(
     return tuple(labels), tuple(values)
 
 
+def _critical_findings(
+    sec: Mapping[str, Any], labels: tuple[str, ...], where: str
+) -> dict[str, float]:
+    """The optional `critical_findings` {label: threshold}: labels of the bundle, thresholds in
+    (0, 1). Absent: none (no study raises a critical-finding notification by the bundle)."""
+    if "critical_findings" not in sec:
+        return {}
+    table = _get(sec, "critical_findings", dict, where)
+    unknown = sorted(set(table) - set(labels))
+    if unknown:
+        raise BundleError(
+            f"{where}critical_findings' names labels the bundle does not predict: {unknown}"
+        )
+    critical: dict[str, float] = {}
+    for label in labels:
+        if label not in table:
+            continue
+        t = _get(table, label, (int, float), f"{where}critical_findings.")
+        if not 0.0 < t < 1.0:
+            raise BundleError(f"{where}critical_findings.{label}' must lie in (0, 1), got {t}")
+        critical[label] = float(t)
+    return critical
+
+
 def code_entry(label: str) -> dict[str, str]:
     """The `codes` entry written for a label: its curated concept (structured_reports.codes)."""
     concept = FINDING_CODES[label]
@@ -251,6 +280,7 @@ def load_bundle(path: Path) -> Bundle:
     sec = _get(meta, SECTION, dict, where)
     swhere = f"{where}{SECTION}."
     labels, thresholds = _labels_and_thresholds(sec, swhere)
+    critical = _critical_findings(sec, labels, swhere)
     size = _get(sec, "input_size", int, swhere)
     channels = _get(sec, "in_channels", int, swhere)
     if not 32 <= size <= 4096 or channels not in (1, 3):
@@ -284,6 +314,7 @@ def load_bundle(path: Path) -> Bundle:
         std=std,
         network_name=network_name,
         network_kwargs=MappingProxyType(kwargs),
+        critical_findings=MappingProxyType(critical),
     )
 
 

@@ -11,10 +11,9 @@ be analysed and why, for every image of it.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,10 +39,11 @@ from dicom_node.model.bundle import Bundle
 from dicom_node.model.decode_pool import DecodePool, prepare_files
 from dicom_node.model.explain import map_to_display
 from dicom_node.model.pixel_budget import DEFAULT_MAX_PIXELS
+from dicom_node.notify import plan_notifications
 from dicom_node.pipeline.deliver import deliver
 from dicom_node.pipeline.dispatch import DeliveryLanes, schedule_of
 from dicom_node.pipeline.record import record_results
-from dicom_node.pipeline.results import JobContext, choose_results
+from dicom_node.pipeline.results import JobContext, ResultFile, choose_results
 from dicom_node.pipeline.selection import is_image, skip_reason
 from dicom_node.settings import Settings
 from dicom_node.store.database import reading
@@ -67,6 +67,8 @@ class Services:
     batcher: BatchingClassifier
     decode_pool: DecodePool | None = None  # None: decode in the worker thread
     lanes: DeliveryLanes | None = None  # None: the job sends its results itself
+    critical: Mapping[str, float] = field(default_factory=dict)  # critical findings in force
+    notify_wake: threading.Event | None = None  # set once a job has planned notifications
 
     @property
     def model_label(self) -> str:
@@ -80,7 +82,7 @@ def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:
     sources = load_sources(ctx.sessions, job.study_instance_uid)
     images, others = separate_images(sources)
     eligible, skipped = select_images(images, ctx.settings.require_view_position)
-    with timed("decode"):
+    with metrics.timed("decode"):
         prepared, unreadable = prepare_images(
             eligible,
             ctx.bundle,
@@ -89,30 +91,12 @@ def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:
             max_pixels=ctx.settings.max_decoded_pixels,
         )
     analysed = analyse(ctx, prepared)  # the inference and gradcam stages: timed by the batcher
-    count_findings(analysed)
+    if analysed:
+        metrics.count_findings(
+            [f.label for f in analysed[0].findings],
+            {f.label for image in analysed for f in image.present},
+        )
     return report(ctx, job, analysed, [*skipped, *unreadable], others)
-
-
-@contextmanager
-def timed(stage: str) -> Iterator[None]:
-    """Observe the stage's time in `dicom_node_job_stage_seconds`."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        metrics.STAGE_SECONDS.labels(stage=stage).observe(time.perf_counter() - started)
-
-
-def count_findings(analysed: Sequence[ImageResult]) -> None:
-    """Per finding: one more study read, and one more positive when any image has it above
-    its threshold (the positive rate the drift alert watches)."""
-    if not analysed:
-        return
-    positive = {f.label for image in analysed for f in image.present}
-    for finding in analysed[0].findings:
-        metrics.FINDING_STUDIES.labels(finding=finding.label).inc()
-        if finding.label in positive:
-            metrics.FINDING_POSITIVE.labels(finding=finding.label).inc()
 
 
 def report_failure(ctx: Services, job: ClaimedJob, reason: str) -> JobOutcome:
@@ -141,10 +125,11 @@ def report(
         images=tuple(analysed),
         skipped=tuple(skipped),
         failure=failure,
+        critical=ctx.critical,
     )
     context = JobContext(job_id=job.id, reprocess=job.reason == "reprocess", replaces=not failure)
     # Encoding takes a while: on a read-only snapshot, so that C-STORE commits go on meanwhile.
-    with reading(ctx.sessions) as session, timed("encode"):
+    with reading(ctx.sessions) as session, metrics.timed("encode"):
         files = choose_results(session, ctx.spool, study, context, wanted_sc_findings(ctx.settings))
     with ctx.sessions.begin() as session:
         delivery_ids = record_results(
@@ -157,6 +142,9 @@ def report(
             destinations=ctx.settings.destinations,
             model=ctx.model_label,
         )
+        planned = plan_critical(session, ctx, job, study, files)
+    if planned and ctx.notify_wake is not None:
+        ctx.notify_wake.set()
     if ctx.lanes is not None:  # each destination's lane sends them once the job has ended
         return summarise(study, queued=len(delivery_ids))
     sent, failed = deliver(
@@ -168,6 +156,29 @@ def report(
         schedule=schedule_of(ctx.settings),
     )
     return summarise(study, sent=sent, failed=failed)
+
+
+def plan_critical(
+    session: Session,
+    ctx: Services,
+    job: ClaimedJob,
+    study: StudyResult,
+    files: Sequence[ResultFile],
+) -> list[int]:
+    """The critical-finding notifications of this result version (its SR), in the job's
+    transaction; none when nothing crosses a critical threshold."""
+    sr = next((f for f in files if f.kind == "sr"), None)
+    if sr is None or not study.images:
+        return []
+    return plan_notifications(
+        session,
+        job_id=job.id,
+        study=study,
+        sr_sop_instance_uid=sr.sop_instance_uid,
+        header=study.images[0].source,
+        critical=ctx.critical,
+        settings=ctx.settings,
+    )
 
 
 def load_sources(sessions: sessionmaker[Session], study_instance_uid: str) -> list[SourceImage]:
