@@ -61,7 +61,8 @@ BATCH_SIZE = Histogram(
 )
 DELIVERIES = Counter(
     f"{PREFIX}_deliveries",
-    "Result objects' delivery attempts ended, by destination and outcome (sent, failed, dead)",
+    "Result objects' delivery attempts ended, by destination and outcome (sent, committing, "
+    "committed, failed, dead)",
     ["destination", "outcome"],
 )
 NOTIFICATIONS = Counter(
@@ -139,7 +140,8 @@ QUEUE_OLDEST_AGE = Gauge(
 )
 DELIVERIES_BY_STATE = Gauge(
     f"{PREFIX}_deliveries_by_state",
-    "Result deliveries by state (pending, sent, failed, dead, withdrawn) and destination",
+    "Result deliveries by state (pending, sent, committing, committed, failed, dead, "
+    "withdrawn) and destination",
     ["state", "destination"],
 )
 NOTIFICATIONS_BY_STATE = Gauge(

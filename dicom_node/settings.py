@@ -72,6 +72,7 @@ class Destination(BaseModel):
     sc_findings: ScFindings = "present"
     tls: bool = False  # DICOM TLS towards this destination (its certificate verified)
     tls_server_name: str | None = None  # the name its certificate must bear (default: host)
+    storage_commitment: bool = False  # ask it to commit to keeping each result (N-ACTION)
 
     @field_validator("ae_title")
     @classmethod
@@ -140,6 +141,7 @@ class Settings(BaseSettings):
     send_attempts: int = Field(default=4, ge=1)
     send_backoff_seconds: float = Field(default=1.0, ge=0)
     send_timeout_seconds: float = Field(default=30.0, gt=0)
+    commitment_timeout_seconds: float = Field(default=600.0, gt=0)
     retry_initial_seconds: float = Field(default=30.0, gt=0)
     retry_max_interval_seconds: float = Field(default=900.0, gt=0)
     retry_window_seconds: float = Field(default=86400.0, gt=0)

@@ -118,6 +118,10 @@ DICOM_EVENTS: dict[str, DicomEvent] = {
     # the sender does not know whether the receiver held copies: "R" (PS3.15 A.5.3.4)
     "result_sent": DicomEvent(event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound"),
     "result_failed": DicomEvent(event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound"),
+    # the destination's N-EVENT-REPORT: it commits to keeping the result (or does not: failure)
+    "result_committed": DicomEvent(
+        event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound"
+    ),
     # retries ended without the destination storing it: a major failure, alerted
     "result_dead_lettered": DicomEvent(
         event_id=INSTANCES_TRANSFERRED, action="R", direction="outbound", failure_code=MAJOR_FAILURE

@@ -52,6 +52,7 @@ class Event(enum.StrEnum):
     RESULT_SENT = "result_sent"
     RESULT_FAILED = "result_failed"
     RESULT_DEAD_LETTERED = "result_dead_lettered"
+    RESULT_COMMITTED = "result_committed"
     NOTIFICATION_SENT = "notification_sent"
     NOTIFICATION_FAILED = "notification_failed"
     AUDIT_LOG_USED = "audit_log_used"

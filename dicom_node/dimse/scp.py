@@ -42,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicom_node import audit, metrics
 from dicom_node.audit import Event, Outcome, Peer
 from dicom_node.dimse import admission, limits
+from dicom_node.dimse.commitment import StorageCommitmentPushModel, read_report, record_report
 from dicom_node.dimse.ingest import Ingest
 from dicom_node.dimse.request import read_request, receive_to_files
 from dicom_node.dimse.tls import NodeServer, server_context
@@ -77,6 +78,7 @@ TRANSFER_SYNTAXES = (
     RLELossless,
 )
 SUCCESS = 0x0000
+REPORT_WAIT_SECONDS = 10.0  # how long a commitment report waits for its transaction's record
 _association_numbers = itertools.count(1)  # a short id per association, for the log lines
 
 
@@ -107,6 +109,34 @@ def handle_store(event: PynetdicomEvent, ingest: Ingest) -> int:
     log.debug("instance stored (%s)", outcome.value)
     metrics.count_store(SUCCESS, sop_class, size, time.perf_counter() - started)
     return SUCCESS
+
+
+def handle_event_report(event: PynetdicomEvent, ingest: Ingest) -> tuple[int, None]:
+    """EVT_N_EVENT_REPORT: a destination's storage commitment report, recorded on the
+    deliveries of its transaction (0x0000), or 0x0112 for a transaction the node never asked."""
+    report = read_report(event)
+    if report is None:
+        return 0x0112, None  # No such SOP Instance: not a report of ours
+
+    sender = peer_of(event)  # the destination, named as in its result_sent rows
+    destination = Peer(called_ae=sender.calling_ae, address=sender.address)
+
+    def write() -> int:
+        with ingest.sessions.begin() as session:
+            return record_report(session, report, destination)
+
+    deadline = time.monotonic() + REPORT_WAIT_SECONDS
+    try:  # a quick destination reports before the sender has recorded what it sent: wait
+        while not (known := ingest.in_time(write)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    except (SQLAlchemyError, FutureTimeout):
+        log.error("storage commitment report not recorded (database unavailable)")
+        return 0x0110, None  # Processing failure: the destination sends it again
+    if not known:
+        log.warning("storage commitment report of an unknown transaction")
+        return 0x0112, None
+    log.info("storage commitment report: %d result(s) recorded", known)
+    return SUCCESS, None
 
 
 def _received_bytes(event: PynetdicomEvent) -> int:
@@ -207,6 +237,8 @@ def make_ae(settings: Settings) -> AE:
     ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.require_called_aet = True
     ae.add_supported_context(Verification)
+    # a destination's commitment report comes on an association it requests, in the SCP role
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
     radiographs = {str(uid) for uid in RADIOGRAPH_CLASSES}
     for context in AllStoragePresentationContexts:
         sop_class = str(context.abstract_syntax)
@@ -241,6 +273,7 @@ def start_server(settings: Settings, ingest: Ingest) -> Listeners:
     args: list[Any] = [ingest]
     handlers: list[Any] = [
         (evt.EVT_C_STORE, handle_store, args),
+        (evt.EVT_N_EVENT_REPORT, handle_event_report, args),
         (evt.EVT_ACCEPTED, handle_accepted, [ingest, settings]),
         (evt.EVT_REJECTED, handle_rejected, args),
         (evt.EVT_RELEASED, handle_closed, args),

@@ -10,18 +10,25 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from pydicom import Dataset, dcmread
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
+from dicom_node.dimse.commitment import (
+    PUSH_MODEL_INSTANCE,
+    REQUEST_COMMITMENT,
+    StorageCommitmentPushModel,
+    reference,
+)
 from dicom_node.dimse.tls import no_delay
 from dicom_node.settings import Destination
 
@@ -40,6 +47,7 @@ class SendOutcome:
     status: int | None
     attempts: int
     error: str | None = None
+    commitment_uid: str | None = None  # the storage commitment transaction that asked for it
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -125,10 +133,14 @@ class DimseSender:
         if assoc.dul.socket is not None and assoc.dul.socket.socket is not None:
             no_delay(assoc.dul.socket.socket)
         try:  # each C-STORE of the association with a Message ID of its own (PS3.7 9.3.1.1)
-            return {
+            outcomes = {
                 f.sop_instance_uid: _store(assoc, f, attempt, message_id=number)
                 for number, f in enumerate(files, start=1)
             }
+            if destination.storage_commitment:
+                stored = [f for f in files if outcomes[f.sop_instance_uid].ok]
+                outcomes.update(request_commitment(assoc, stored, outcomes, len(files) + 1))
+            return outcomes
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -141,6 +153,8 @@ class DimseSender:
             ae.add_requested_context(
                 sop_class, sorted({syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian})
             )
+        if destination.storage_commitment:
+            ae.add_requested_context(StorageCommitmentPushModel)
         return ae.associate(
             destination.host,
             destination.port,
@@ -173,6 +187,53 @@ def _store(
         return SendOutcome(sop_instance_uid=uid, ok=True, status=status, attempts=attempt)
     error = "no response (timeout or abort)" if status is None else describe_status(rsp)
     return SendOutcome(sop_instance_uid=uid, ok=False, status=status, attempts=attempt, error=error)
+
+
+def request_commitment(
+    assoc: Association,
+    stored: list[OutgoingFile],
+    outcomes: Mapping[str, SendOutcome],
+    message_id: int,
+) -> dict[str, SendOutcome]:
+    """Ask the destination to commit to the stored files: their outcomes with the Transaction
+    UID when it took the request, failed (sent again later) when it did not."""
+    if not stored:
+        return {}
+    transaction_uid = str(generate_uid())
+    request = Dataset()
+    request.TransactionUID = transaction_uid
+    request.ReferencedSOPSequence = DicomSequence(
+        [reference(f.sop_class_uid, f.sop_instance_uid) for f in stored]
+    )
+    try:
+        status, _ = assoc.send_n_action(
+            request,
+            REQUEST_COMMITMENT,
+            StorageCommitmentPushModel,
+            PUSH_MODEL_INSTANCE,
+            msg_id=message_id,
+        )
+        code = int(status.Status) if "Status" in status else None
+    except (ValueError, RuntimeError, OSError) as exc:  # the context was not accepted, ...
+        log.warning("storage commitment not requested: %s", exc)
+        error: str | None = f"storage commitment not accepted: {exc}"
+    else:
+        error = None if code == 0 else f"storage commitment refused: N-ACTION status {code}"
+    done = {}
+    for f in stored:
+        outcome = outcomes[f.sop_instance_uid]
+        if error is None:
+            done[f.sop_instance_uid] = replace(outcome, commitment_uid=transaction_uid)
+        else:
+            done[f.sop_instance_uid] = replace(outcome, ok=False, error=error)
+    return done
+
+
+def _reference(sop_class_uid: str, sop_instance_uid: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class_uid
+    item.ReferencedSOPInstanceUID = sop_instance_uid
+    return item
 
 
 def describe_status(rsp: Dataset) -> str:

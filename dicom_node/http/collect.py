@@ -29,7 +29,7 @@ STATES: Mapping[Gauge, tuple[Any, tuple[str, ...]]] = {
     metrics.JOBS: (Job, ("queued", "running", "done", "skipped", "failed", "superseded")),
     metrics.NOTIFICATIONS_BY_STATE: (Notification, ("pending", "sent", "failed", "dead")),
 }
-DELIVERY_STATES = ("pending", "sent", "failed", "dead", "withdrawn")
+DELIVERY_STATES = ("pending", "sent", "committing", "committed", "failed", "dead", "withdrawn")
 
 
 class DatabaseGauges:

@@ -40,6 +40,7 @@ class RetrySchedule:
     initial_seconds: float = 30.0
     max_interval_seconds: float = 900.0
     window_seconds: float = 86400.0
+    commitment_timeout_seconds: float = 600.0  # a commitment report not come by then: resend
 
     def next_delay(self, failing_for: float) -> float:
         """The wait before the next round: doubles as the failure lasts (30, 30, 60, 120 ...)."""
@@ -107,12 +108,12 @@ def _record(  # noqa: PLR0917
             outcome = outcomes.get(row.sop_instance_uid)
             current = session.get_one(Delivery, row.id)
             event = _apply(current, outcome, schedule)
-            ok += current.state == "sent"
+            ok += current.state in {"sent", "committing"}
             metrics.DELIVERIES.labels(destination=str(destination), outcome=current.state).inc()
             audit.record(
                 session,
                 event,
-                Outcome.SUCCESS if current.state == "sent" else Outcome.FAILURE,
+                Outcome.SUCCESS if current.state in {"sent", "committing"} else Outcome.FAILURE,
                 peer=peer,
                 study_instance_uid=row.study_instance_uid,
                 sop_instance_uid=row.sop_instance_uid,
@@ -132,6 +133,10 @@ def _apply(row: Delivery, outcome: SendOutcome | None, schedule: RetrySchedule) 
     row.attempts += outcome.attempts if outcome else 0
     row.last_status = outcome.status if outcome else None
     row.updated_at, row.lease_owner, row.lease_expires_at = now, None, None
+    if outcome is not None and outcome.ok and outcome.commitment_uid:
+        row.state, row.last_error, row.commitment_uid = "committing", None, outcome.commitment_uid
+        row.due_at = now + dt.timedelta(seconds=schedule.commitment_timeout_seconds)
+        return Event.RESULT_SENT
     if outcome is not None and outcome.ok:
         row.state, row.last_error, row.due_at = "sent", None, None
         return Event.RESULT_SENT
@@ -149,6 +154,8 @@ def _apply(row: Delivery, outcome: SendOutcome | None, schedule: RetrySchedule) 
 def _detail(row: Delivery, schedule: RetrySchedule) -> str | None:
     if row.state == "sent":
         return None
+    if row.state == "committing":
+        return f"storage commitment requested (transaction {row.commitment_uid})"
     if row.state == "dead":
         return (
             f"{row.last_error}; given up after {schedule.window_seconds:g} s of failures "

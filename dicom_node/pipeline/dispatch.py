@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 CLAIM_AT_ONCE = 64
 DISCOVER_SECONDS = 5.0  # how often lanes are sought for destinations no longer configured
 IDLE_SECONDS = 1.0  # a lane with nothing due looks again this often (or when woken)
+# committing: a commitment report that has not come by its due time means "send it again"
+DUE_STATES = ("pending", "failed", "committing")
 
 
 def schedule_of(settings: Settings) -> RetrySchedule:
@@ -36,6 +38,7 @@ def schedule_of(settings: Settings) -> RetrySchedule:
         initial_seconds=settings.retry_initial_seconds,
         max_interval_seconds=settings.retry_max_interval_seconds,
         window_seconds=settings.retry_window_seconds,
+        commitment_timeout_seconds=settings.commitment_timeout_seconds,
     )
 
 
@@ -45,7 +48,7 @@ def _due(address: Address, now: dt.datetime) -> ColumnElement[bool]:
         (Delivery.destination_ae == ae_title)
         & (Delivery.destination_host == host)
         & (Delivery.destination_port == port)
-        & Delivery.state.in_(("pending", "failed"))
+        & Delivery.state.in_(DUE_STATES)
         & or_(Delivery.due_at.is_(None), Delivery.due_at <= now)
         & or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at < now)
         # a job's results go once it has recorded its end (a re-run takes up its own rows)
@@ -91,7 +94,7 @@ def due_addresses(sessions: sessionmaker[Session]) -> set[Address]:
     with sessions() as session:
         rows = session.execute(
             select(Delivery.destination_ae, Delivery.destination_host, Delivery.destination_port)
-            .where(Delivery.state.in_(("pending", "failed")))
+            .where(Delivery.state.in_(DUE_STATES))
             .distinct()
         ).all()
     return {(ae, host, port) for ae, host, port in rows}

@@ -145,9 +145,10 @@ class Skip(Base):
 
 class Delivery(Base):
     """A result object owed to a destination. `state`: pending (to be sent, at `due_at`), sent,
-    failed (retried automatically at `due_at`), dead (the retry window passed: dead-lettered,
-    `dicom-node retry` still sends it), withdrawn. `lease_*`: the delivery lane that is sending
-    it now (a lane that died loses it)."""
+    committing (sent to a destination with storage commitment, its report awaited until
+    `due_at`, then sent again), committed, failed (retried automatically at `due_at`), dead
+    (the retry window passed: dead-lettered, `dicom-node retry` still sends it), withdrawn.
+    `lease_*`: the delivery lane that is sending it now (a lane that died loses it)."""
 
     __tablename__ = "deliveries"
     __table_args__ = (
@@ -173,6 +174,9 @@ class Delivery(Base):
     first_failed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # storage commitment: the N-ACTION's Transaction UID, and when the destination committed
+    commitment_uid: Mapped[str | None] = mapped_column(UID, nullable=True, index=True)
+    committed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Notification(Base):

@@ -1,5 +1,5 @@
-"""deliveries: the retry schedule and the sending lane's lease; notifications: the outbox of
-critical-finding notifications
+"""deliveries: the retry schedule, the sending lane's lease and storage commitment;
+notifications: the outbox of critical-finding notifications
 
 Revision ID: 0006
 Revises: 0005
@@ -29,7 +29,10 @@ def upgrade() -> None:
         batch.add_column(_time("first_failed_at"))
         batch.add_column(sa.Column("lease_owner", sa.String(128), nullable=True))
         batch.add_column(_time("lease_expires_at"))
+        batch.add_column(sa.Column("commitment_uid", sa.String(64), nullable=True))
+        batch.add_column(_time("committed_at"))
     op.create_index("ix_deliveries_due", "deliveries", ["destination_ae", "state", "due_at"])
+    op.create_index("ix_deliveries_commitment_uid", "deliveries", ["commitment_uid"])
     op.create_table(
         "notifications",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
@@ -56,7 +59,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("notifications")
+    op.drop_index("ix_deliveries_commitment_uid", "deliveries")
     op.drop_index("ix_deliveries_due", "deliveries")
     with op.batch_alter_table("deliveries") as batch:
-        for name in ("lease_expires_at", "lease_owner", "first_failed_at", "due_at"):
+        names = ("committed_at", "commitment_uid", "lease_expires_at", "lease_owner")
+        for name in (*names, "first_failed_at", "due_at"):
             batch.drop_column(name)
