@@ -14,6 +14,7 @@ COPY dicom_node ./dicom_node
 COPY structured_reports ./structured_reports
 COPY models ./models
 COPY config ./config
+COPY scripts/healthcheck.py ./scripts/healthcheck.py
 RUN pip install --no-cache-dir torch==2.13.0 \
  && pip install --no-cache-dir .
 
@@ -24,9 +25,12 @@ ENV DICOM_NODE_HOST=0.0.0.0 \
     DICOM_NODE_PORT=11112 \
     DICOM_NODE_SPOOL_DIR=/var/lib/dicom-node/spool \
     DICOM_NODE_DATABASE_URL=sqlite:////var/lib/dicom-node/dicom-node.db \
-    DICOM_NODE_MODEL_BUNDLE=/opt/dicom-node/models/cxr14-densenet121-demo
+    DICOM_NODE_MODEL_BUNDLE=/opt/dicom-node/models/cxr14-densenet121-demo \
+    DICOM_NODE_HTTP_HOST=0.0.0.0 \
+    DICOM_NODE_HTTP_PORT=8080
 VOLUME /var/lib/dicom-node
-EXPOSE 11112
-HEALTHCHECK --interval=30s --timeout=10s CMD ["dicom-node", "echo", "--port", "11112", "--aet", "DICOMNODE"]
+EXPOSE 11112 8080
+# /readyz (docs/operations.md): no torch, no association, no audit row every 30 s
+HEALTHCHECK --interval=30s --timeout=10s CMD ["python", "/opt/dicom-node/scripts/healthcheck.py"]
 ENTRYPOINT ["dicom-node"]
 CMD ["serve"]

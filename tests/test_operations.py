@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,7 @@ from tests.peers import StoreSCP, free_port, storescu
 from tests.postgres import PostgresCluster
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _wait(condition: Callable[[], bool], timeout: float, step: float = 0.02) -> float:
@@ -99,22 +102,37 @@ def test_readyz_turns_unready_within_a_second_of_postgres_going_away_and_ready_a
 
 def test_readyz_turns_unready_when_the_spool_disk_falls_below_its_headroom(tmp_path: Path) -> None:
     """min_free_disk_bytes set 256 MiB below the free space, then a 512 MiB file allocated on
-    the same file system: unready (disk) within a second; the file removed: ready again."""
+    the same file system: unready (disk) within a second, and the Dockerfile's HEALTHCHECK
+    command fails; the file removed: ready again."""
     free = shutil.disk_usage(tmp_path).free
     settings = node_settings(tmp_path, workers=0, min_free_disk_bytes=free - (256 << 20))
     filler = tmp_path / "filler.bin"
     with Node(settings) as node:
         url = f"http://127.0.0.1:{node.http_port}/readyz"
         assert _status(url) == 200
+        assert _healthcheck(node) == 0
         with filler.open("wb") as handle:
             os.posix_fallocate(handle.fileno(), 0, 512 << 20)
         try:
             assert _wait(lambda: _status(url) == 503, timeout=5) < 1.0
             disk = requests.get(url, timeout=2).json()["checks"]["disk"]
             assert disk["ok"] is False and "min_free_disk_bytes" in disk["detail"]
+            assert _healthcheck(node) == 1
         finally:
             filler.unlink()
         assert _wait(lambda: _status(url) == 200, timeout=5) < 1.0
+
+
+def _healthcheck(node: Node) -> int:
+    """The exit status of the Dockerfile's HEALTHCHECK command against the node."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    line = next(x for x in dockerfile.splitlines() if x.startswith("HEALTHCHECK"))
+    assert '"/opt/dicom-node/scripts/healthcheck.py"' in line
+    env = {**os.environ, "DICOM_NODE_HTTP_PORT": str(node.http_port)}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "healthcheck.py")], env=env, check=False
+    )
+    return done.returncode
 
 
 def test_results_arrive_exactly_once_without_an_operator_after_the_destination_was_down(
