@@ -3,6 +3,9 @@
 
     .venv/bin/python bench/bench_ingest.py [--rounds 5] [--cases 0.5x200x1 15x20x1 15x20x4 50x6x1]
 
+A third receiver, bench/bare_scp.py (pynetdicom answering 0x0000 at once: no parse, spool,
+fsync or database), shows the floor any pynetdicom-based receiver stands on.
+
 Each case is SIZE_MB x INSTANCES x ASSOCIATIONS: DCMTK `storescu` sends that many DX instances
 of that size over that many concurrent associations (128 KiB PDUs; storescu and storescp with
 TCP_NODELAY=1: Debian's DCMTK leaves Nagle's algorithm on otherwise), each association its own
@@ -210,7 +213,24 @@ def peak_growth(pid: int, work: Callable[[], float]) -> tuple[float, int]:
     return result, max(0, highest[0] - before)
 
 
-RECEIVERS = {"node": node, "storescp": storescp}
+@contextmanager
+def bare(folder: Path) -> Iterator[tuple[int, int]]:
+    """bench/bare_scp.py: pynetdicom answering 0x0000 at once, the floor of a pynetdicom SCP."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("bare_scp.py")), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield port, proc.pid
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+RECEIVERS = {"node": node, "storescp": storescp, "bare pynetdicom": bare}
 
 
 def main() -> None:
@@ -259,14 +279,18 @@ def report(
     peaks: dict[str, list[int]],
     largest: Case,
 ) -> None:
-    print("| case | dicom-node inst/s | storescp inst/s | node / storescp (time) |")
-    print("|---|---:|---:|---:|")
+    print(
+        "| case | dicom-node inst/s | storescp inst/s | bare pynetdicom inst/s "
+        "| node / storescp (time) | bare pynetdicom / storescp (time) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for case in cases:
         node_t = statistics.median(times[(case, "node")])
         ref_t = statistics.median(times[(case, "storescp")])
+        bare_t = statistics.median(times[(case, "bare pynetdicom")])
         print(
             f"| {case.name} | {case.instances / node_t:.1f} | {case.instances / ref_t:.1f} "
-            f"| {node_t / ref_t:.2f} |"
+            f"| {case.instances / bare_t:.1f} | {node_t / ref_t:.2f} | {bare_t / ref_t:.2f} |"
         )
     size = largest.size_mb * 1e6
     print()

@@ -25,6 +25,7 @@ from dicom_node.dimse.scp import Listeners, start_server
 from dicom_node.dimse.scu import Sender
 from dicom_node.errors import StartupError
 from dicom_node.http.collect import export_model
+from dicom_node.http.context import WebContext
 from dicom_node.http.side import HttpSide
 from dicom_node.notify import Notifier
 from dicom_node.pipeline.dispatch import DeliveryLanes
@@ -32,7 +33,7 @@ from dicom_node.pipeline.retention import purge_received
 from dicom_node.pipeline.wakeup import NotificationListener, QuietTimers, Wakeup
 from dicom_node.pipeline.worker import Worker
 from dicom_node.settings import Settings
-from dicom_node.startup import build_services, check_spool, connect_database
+from dicom_node.startup import build_services, check_spool, connect_database, default_sender
 from dicom_node.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Node:
         sender: Sender | None = None,
     ) -> None:
         self.settings = settings
-        self.sessions = connect_database(settings.database_url)
+        self.sessions = connect_database(settings.database_url, settings.spool_dir)
         check_spool(settings.spool_dir)
         self.receive = receive
         self.worker_count = settings.workers if workers is None else workers
@@ -178,6 +179,12 @@ class Node:
             self.http = self._http_side().start()
         return self
 
+    def _web(self) -> WebContext:
+        sender = self.services.sender if self.services else default_sender(self.settings)
+        return WebContext(
+            settings=self.settings, sessions=self.sessions, sender=sender, services=self.services
+        )
+
     def _http_side(self) -> HttpSide:
         try:
             return HttpSide(
@@ -185,6 +192,7 @@ class Node:
                 self.sessions,
                 listening=self._listening if self.receive else None,
                 model_loaded=self.services is not None if self.worker_count else None,
+                web=self._web() if self.settings.http_console else None,
             )
         except OSError as exc:
             self.stop()

@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_enabled: bool = True
     http_port: int = Field(default=8080, ge=0, le=65535)
+    http_console: bool = True  # the web console and the REST API beside the probes and metrics
+    http_session_secret: str | None = None  # signs session cookies; unset: random per process
+    http_secure_cookies: bool = False  # true behind a TLS-terminating proxy (cookie Secure)
     audit_verify_every_seconds: float = Field(default=3600.0, gt=0)
     critical_findings: dict[str, float] | None = None  # None: the bundle's list
     webhook_url: str | None = None

@@ -99,10 +99,11 @@ def _classifier(
         ) from exc
 
 
-def connect_database(url: str) -> sessionmaker[Session]:
-    """The database reached and migrated; a StartupError naming the URL (password hidden)."""
+def connect_database(url: str, spool_root: Path | None = None) -> sessionmaker[Session]:
+    """The database reached and migrated (spool paths relative to `spool_root` when given); a
+    StartupError naming the URL (password hidden)."""
     try:
-        return open_database(url)
+        return open_database(url, spool_root)
     except (SQLAlchemyError, OSError) as exc:
         shown = make_url(url).render_as_string(hide_password=True)
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

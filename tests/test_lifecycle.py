@@ -250,6 +250,7 @@ def test_crash_rerun_resends_the_same_bytes(make_settings: SettingsFactory, tmp_
                         break
                 time.sleep(0.1)
             pacs.wait_for(receptions + 2)  # the re-run sent both again
+            wait_finished(node.sessions, study_uid)  # and its lane recorded them sent
             again = _wait_count(pacs, study_uid, {"SR": 1, "SC": 1})
             resent = _bytes_of(pacs, again)
             with node.sessions() as session:

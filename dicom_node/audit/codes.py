@@ -38,12 +38,16 @@ INSTANCES_ACCESSED = dcm("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = dcm("110104", "DICOM Instances Transferred")
 STUDY_DELETED = dcm("110105", "DICOM Study Deleted")
 EXPORT = dcm("110106", "Export")
+QUERY = dcm("110112", "Query")
 SECURITY_ALERT = dcm("110113", "Security Alert")
+USER_AUTHENTICATION = dcm("110114", "User Authentication")
 
 # Audit Event Type Codes (CID 401, CID 403)
 APPLICATION_START = dcm("110120", "Application Start")
 APPLICATION_STOP = dcm("110121", "Application Stop")
 NODE_AUTHENTICATION = dcm("110126", "Node Authentication")
+LOGIN = dcm("110122", "Login")
+LOGOUT = dcm("110123", "Logout")
 
 # Active participant roles (CID 402)
 ROLE_APPLICATION = dcm("110150", "Application")
@@ -130,6 +134,19 @@ DICOM_EVENTS: dict[str, DicomEvent] = {
     # out of the node: DICOM "Export" (PS3.15 A.5.3.6)
     "notification_sent": DicomEvent(event_id=EXPORT, action="R", direction="outbound"),
     "notification_failed": DicomEvent(event_id=EXPORT, action="R", direction="outbound"),
+    # the console and the REST API (docs/console.md): the signed-in user is the active participant
+    "user_login": DicomEvent(
+        event_id=USER_AUTHENTICATION, action="E", direction="local", type_code=LOGIN
+    ),
+    "user_logout": DicomEvent(
+        event_id=USER_AUTHENTICATION, action="E", direction="local", type_code=LOGOUT
+    ),
+    "study_viewed": DicomEvent(event_id=INSTANCES_ACCESSED, action="R", direction="local"),
+    "study_queried": DicomEvent(event_id=QUERY, action="E", direction="local"),
+    "feedback_recorded": DicomEvent(event_id=INSTANCES_ACCESSED, action="U", direction="local"),
+    # `dicom-node feedback export`: copies of patient images and labels leave the node
+    "labels_exported": DicomEvent(event_id=EXPORT, action="R", direction="local"),
+    "delivery_retried": DicomEvent(event_id=BEGIN_TRANSFERRING, action="E", direction="local"),
     "audit_log_used": DicomEvent(event_id=AUDIT_LOG_USED, action="R", direction="audit"),
     "audit_log_purged": DicomEvent(event_id=AUDIT_LOG_USED, action="D", direction="audit"),
 }
@@ -156,7 +173,9 @@ EVENT_IDS: dict[str, Code] = {
         INSTANCES_ACCESSED,
         INSTANCES_TRANSFERRED,
         EXPORT,
+        QUERY,
         SECURITY_ALERT,
+        USER_AUTHENTICATION,
         STUDY_DELETED,
     )
 }

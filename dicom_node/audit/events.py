@@ -53,6 +53,13 @@ class Event(enum.StrEnum):
     RESULT_FAILED = "result_failed"
     RESULT_DEAD_LETTERED = "result_dead_lettered"
     RESULT_COMMITTED = "result_committed"
+    USER_LOGIN = "user_login"
+    USER_LOGOUT = "user_logout"
+    STUDY_VIEWED = "study_viewed"
+    STUDY_QUERIED = "study_queried"
+    FEEDBACK_RECORDED = "feedback_recorded"
+    DELIVERY_RETRIED = "delivery_retried"
+    LABELS_EXPORTED = "labels_exported"
     NOTIFICATION_SENT = "notification_sent"
     NOTIFICATION_FAILED = "notification_failed"
     AUDIT_LOG_USED = "audit_log_used"
@@ -83,6 +90,7 @@ LAUNCHED = frozenset(
         Event.NODE_START,
         Event.NODE_STOP,
         Event.AUDIT_LOG_USED,
+        Event.LABELS_EXPORTED,
         Event.AUDIT_LOG_PURGED,
         Event.STUDY_REPROCESS,
         Event.RESULTS_RETRACTED,

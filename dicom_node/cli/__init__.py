@@ -1,6 +1,6 @@
 """The `dicom-node` command: serve, work, echo, send, retry, reprocess, retract, demo, train,
-evaluate, audit. The process level: imports every subpackage, each command loading only what it
-needs (`echo`, `send` and `audit` never import torch)."""
+evaluate, audit, feedback. The process level: imports every subpackage, each command loading
+only what it needs (`echo`, `send` and `audit` never import torch)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per task."""
     from dicom_node.audit import cli as audit_cli
-    from dicom_node.cli import models, peers, service
+    from dicom_node.cli import feedback, models, peers, service, users
 
     parser = Parser(prog="dicom-node", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,12 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("demo", "run the whole loop on a synthetic study", service.configure_demo, service.cmd_demo)
     audit = commands.add_parser("audit", help="verify, query, export and purge the audit trail")
     audit_cli.configure_parser(audit)
+    user = commands.add_parser("user", help="console and REST API accounts (add, token)")
+    users.configure_parser(user)
     add("train", "train a DenseNet121 bundle", models.configure_train, models.run_train)
     add(
         "evaluate",
         "score a bundle on labelled data",
         models.configure_evaluate,
         models.run_evaluate,
+    )
+    feedback.configure_parser(
+        commands.add_parser("feedback", help="export the readers' corrected labels for retraining")
     )
     return parser
 

@@ -63,7 +63,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from dicom_node.startup import connect_database, default_sender
 
     settings = settings_of(args)
-    sessions = connect_database(settings.database_url)
+    sessions = connect_database(settings.database_url, settings.spool_dir)
     ids = failed_delivery_ids(sessions)
     if not ids:
         print("no failed deliveries")
@@ -96,7 +96,9 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     from dicom_node.startup import connect_database
 
     settings = settings_of(args)
-    job_id = request_reprocess(connect_database(settings.database_url), args.study_uid)
+    job_id = request_reprocess(
+        connect_database(settings.database_url, settings.spool_dir), args.study_uid
+    )
     print(
         f"study {args.study_uid}: job {job_id} queued; a worker (serve or work) analyses it and "
         "sends the results again"
@@ -117,7 +119,7 @@ def cmd_retract(args: argparse.Namespace) -> int:
     from dicom_node.store.spool import Spool
 
     settings = settings_of(args)
-    sessions = connect_database(settings.database_url)
+    sessions = connect_database(settings.database_url, settings.spool_dir)
     withdrawn, sent, failed = retract_study(
         sessions,
         Spool(settings.spool_dir),
@@ -154,7 +156,7 @@ def cmd_purge_spool(args: argparse.Namespace) -> int:
     if days is None:
         print("spool_retention_days is not set and --older-than-days not given: nothing to do")
         return 0
-    purged = purge_received(connect_database(settings.database_url), days)
+    purged = purge_received(connect_database(settings.database_url, settings.spool_dir), days)
     print(
         f"removed {purged.files} file(s) ({purged.bytes} bytes) of {purged.studies} study(ies) "
         f"answered more than {days:g} days ago"

@@ -1,21 +1,34 @@
-"""The ASGI application (Starlette): `/healthz`, `/readyz`, `/metrics`."""
+"""The ASGI application (Starlette): `/healthz`, `/readyz`, `/metrics`, and, where the process
+has a web context, the console (`console`) and the REST API mounted at `/api/v1` (`api`), in
+signed session cookies (HttpOnly, SameSite=strict, Secure when `http_secure_cookies`)."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
+from dicom_node.http import console
+from dicom_node.http.api import make_api
+from dicom_node.http.context import WebContext
 from dicom_node.http.health import Readiness
 
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/login")  # reachable without signing in
 
-def make_app(readiness: Readiness, refresh_metrics: Callable[[], None]) -> Starlette:
-    """The app of one process: its readiness checks and the refresh of its database gauges."""
+
+def make_app(
+    readiness: Readiness, refresh_metrics: Callable[[], None], web: WebContext | None = None
+) -> Starlette:
+    """The app of one process: its readiness checks, the refresh of its database gauges and,
+    with `web`, the console and the REST API."""
 
     async def healthz(request: Request) -> Response:
         """Alive: the process runs and its event loop answers."""
@@ -32,10 +45,23 @@ def make_app(readiness: Readiness, refresh_metrics: Callable[[], None]) -> Starl
         body = await run_in_threadpool(generate_latest, REGISTRY)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics),
-        ]
-    )
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]
+    middleware: list[Middleware] = []
+    if web is not None:
+        routes += [*console.routes(web), Mount("/api/v1", app=make_api(web))]
+        secret = web.settings.http_session_secret or secrets.token_urlsafe(32)
+        middleware.append(
+            Middleware(
+                SessionMiddleware,
+                secret_key=secret,
+                session_cookie="dicom_node_session",
+                max_age=8 * 3600,
+                same_site="strict",
+                https_only=web.settings.http_secure_cookies,
+            )
+        )
+    return Starlette(routes=routes, middleware=middleware)

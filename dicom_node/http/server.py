@@ -18,6 +18,7 @@ class HttpServer:
 
     def __init__(self, app: Starlette, host: str, port: int) -> None:
         self.host = host
+        self.app = app
         self._socket = socket.create_server((host, port), reuse_port=False)
         self.port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.http.app import make_app
 from dicom_node.http.collect import ChainWatch, DatabaseGauges
+from dicom_node.http.context import WebContext
 from dicom_node.http.health import Check, DatabaseProbe, Readiness, disk_check, spool_check
 from dicom_node.http.server import HttpServer
 from dicom_node.settings import Settings
@@ -25,6 +26,7 @@ class HttpSide:
         *,
         listening: Callable[[], bool] | None,
         model_loaded: bool | None,
+        web: WebContext | None = None,
     ) -> None:
         self._database = DatabaseProbe(sessions)
         spool, watermark = settings.spool_dir, settings.min_free_disk_bytes
@@ -43,7 +45,9 @@ class HttpSide:
         self._gauges = DatabaseGauges(sessions)
         self.chain = ChainWatch(sessions, settings.audit_verify_every_seconds)
         self.server = HttpServer(
-            make_app(self.readiness, self._gauges.refresh), settings.http_host, settings.http_port
+            make_app(self.readiness, self._gauges.refresh, web),
+            settings.http_host,
+            settings.http_port,
         )
 
     @property

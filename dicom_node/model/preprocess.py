@@ -18,6 +18,9 @@ from pydicom.uid import UID
 
 from dicom_node.domain import Letterbox
 from dicom_node.errors import PreprocessError
+from dicom_node.model import gdcm12
+
+gdcm12.register()  # 12-bit JPEG Extended without the GPL decoder
 
 Image32 = npt.NDArray[np.float32]
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")

@@ -20,8 +20,11 @@ from dicom_node.store.uids import is_valid_uid
 ACTIVE_STATES = ("queued", "running")
 
 
-def request_reprocess(sessions: sessionmaker[Session], study_instance_uid: str) -> int:
-    """Queue a new job for the stored study and audit who asked; return the job's id.
+def request_reprocess(
+    sessions: sessionmaker[Session], study_instance_uid: str, *, user_id: str | None = None
+) -> int:
+    """Queue a new job for the stored study and audit who asked (`user_id`: a console user;
+    by default the account running the command); return the job's id.
 
     Raises `NodeError` (naming what to do) when the UID is invalid, the study is not stored
     here, it is still being received, or a job for it is already queued or running.
@@ -46,6 +49,7 @@ def request_reprocess(sessions: sessionmaker[Session], study_instance_uid: str) 
             study_instance_uid=study_instance_uid,
             job_id=job.id,
             detail=f"re-analysis requested; job {job.id} queued",
+            user_id=user_id,
         )
         return job.id
 

@@ -40,8 +40,10 @@ def retract_study(
     study_instance_uid: str,
     *,
     destinations: Sequence[Destination] = (),
+    user_id: str | None = None,
 ) -> tuple[int, int, int]:
-    """Withdraw every live result of the study (audited, as a job of its own); return (objects
+    """Withdraw every live result of the study (audited, as a job of its own, with who asked:
+    `user_id`, a console user, or the account running the command); return (objects
     withdrawn, notes delivered, deliveries failed). NodeError when there is nothing to withdraw."""
     if not is_valid_uid(study_instance_uid):
         raise NodeError(f"{study_instance_uid!r} is not a valid Study Instance UID")
@@ -68,6 +70,7 @@ def retract_study(
             sop_instance_uid=note.sop_instance_uid,
             job_id=job.id,
             detail=f"withdrew {', '.join(note.withdraws)} by rejection note",
+            user_id=user_id,
         )
     sent, failed = deliver(sessions, sender, ids, model=None, destinations=destinations)
     return len(withdrawn), sent, failed

@@ -10,6 +10,8 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.store.paths import use_spool_root
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
@@ -93,11 +95,15 @@ def upgrade_schema(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def open_database(url: str) -> sessionmaker[Session]:
-    """One engine per process, schema migrated to the newest revision."""
+def open_database(url: str, spool_root: Path | None = None) -> sessionmaker[Session]:
+    """One engine per process, schema migrated to the newest revision; with `spool_root`, its
+    sessions keep spool paths relative to it (`paths`)."""
     engine = make_engine(url)
     upgrade_schema(engine)
-    return make_session_factory(engine)
+    sessions = make_session_factory(engine)
+    if spool_root is not None:
+        use_spool_root(sessions, spool_root)
+    return sessions
 
 
 def reading(sessions: sessionmaker[Session]) -> Session:
