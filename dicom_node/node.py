@@ -147,7 +147,7 @@ class Node:
                 on_released=self._timers.released,
             )
             self.listeners = _listen(self.settings, ingest)
-            ingest.reset_open_associations()
+            ingest.reset_open_associations(self._stale_after)
             swept = ingest.spool.sweep_temporary()
             if swept:
                 log.warning("removed %d temporary file(s) of interrupted spool writes", swept)
@@ -207,12 +207,23 @@ class Node:
         thread.start()
         self._threads.append(thread)
 
+    @property
+    def _stale_after(self) -> float:
+        """No association of a live receiver stays silent this long (it is aborted before)."""
+        return 2 * self.settings.idle_timeout_seconds + 10
+
     def _housekeep(self, ingest: Ingest) -> None:
         """Releases the database could not take when they happened are made once it is back;
         once an hour, received instances past their retention leave the spool."""
-        next_purge = time.monotonic()
+        next_purge = next_reset = time.monotonic()
         while not self._stop.wait(HOUSEKEEPING_SECONDS):
             ingest.retry_releases()
+            if time.monotonic() >= next_reset:  # counts a crashed receiver left behind
+                next_reset = time.monotonic() + self._stale_after / 2
+                try:
+                    ingest.reset_open_associations(self._stale_after)
+                except SQLAlchemyError:
+                    log.warning("open associations of crashed receivers not cleared (database)")
             days = self.settings.spool_retention_days
             if days is not None and time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + RETENTION_EVERY_SECONDS

@@ -124,6 +124,7 @@ def test_two_receivers_and_two_workers_on_other_mount_paths_analyse_each_study_o
             + session.scalars(select(Delivery.path)).all()
         )
         findings = session.scalar(select(func.count()).select_from(Result))
+    sessions.kw["bind"].dispose()
     assert sorted(j.study_instance_uid for j in jobs) == sorted(studies)  # one job per study
     assert any(j.attempts == 2 for j in jobs)  # the job taken over from the killed worker
     assert findings == 14 * len(studies)

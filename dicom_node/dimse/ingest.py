@@ -12,6 +12,7 @@ the first, which is kept beside it; the audit trail says so.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import shutil
@@ -72,10 +73,18 @@ class Ingest:
         self._unreleased: list[set[str]] = []  # releases the database could not take yet
         self._on_released = on_released
 
-    def reset_open_associations(self) -> None:
-        """At start-up no association is open: clear counts a crashed process left behind."""
+    def reset_open_associations(self, idle_seconds: float) -> int:
+        """Clear the counts a crashed receiver left behind: of studies with no instance for
+        `idle_seconds` (longer than an association may stay silent, so none of them is open in
+        any live receiver: several receivers may share the database). How many were cleared."""
+        cutoff = utcnow() - dt.timedelta(seconds=idle_seconds)
         with self.sessions.begin() as session:
-            session.execute(update(Study).values(open_associations=0))
+            result = session.execute(
+                update(Study)
+                .where(Study.open_associations > 0, Study.last_instance_at < cutoff)
+                .values(open_associations=0)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def store_in_time(self, item: ReceivedInstance, peer: Peer, association: int) -> Outcome:
         """`store`, or OutOfResources when it takes longer than the database timeout (a silent
