@@ -112,6 +112,13 @@ class Node:
         return self._port_of("tls")
 
     @property
+    def console_port(self) -> int:
+        """The port of the console and the REST API (http_port unless console_port is set)."""
+        if self.http is None:
+            raise RuntimeError("the node has no HTTP side (http_enabled is false)")
+        return self.http.console_port
+
+    @property
     def http_port(self) -> int:
         """The port of the HTTP side (health, readiness, metrics)."""
         if self.http is None:

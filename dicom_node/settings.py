@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     http_enabled: bool = True
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_console: bool = True  # the web console and the REST API beside the probes and metrics
+    console_host: str | None = (
+        None  # the console and API on their own interface (default http_host)
+    )
+    console_port: int | None = Field(default=None, ge=0, le=65535)  # None: beside the probes
     http_session_secret: str | None = None  # signs session cookies; unset: random per process
     http_secure_cookies: bool = False  # true behind a TLS-terminating proxy (cookie Secure)
     audit_verify_every_seconds: float = Field(default=3600.0, gt=0)

@@ -246,3 +246,19 @@ def _operator_session(
             states = browser.text("#deliveries")
         browser.screenshot(shots / "console-study.png")
     return states
+
+
+def test_the_console_and_api_can_listen_apart_from_the_probes_and_metrics(tmp_path: Path) -> None:
+    """With `console_port` set, the probes and metrics answer on `http_port` only, and the
+    console and the REST API on `console_port` only (each can be bound to its own interface)."""
+    with Node(node_settings(tmp_path, workers=0, console_port=0)) as node:
+        probes = f"http://127.0.0.1:{node.http_port}"
+        console = f"http://127.0.0.1:{node.console_port}"
+        assert node.console_port != node.http_port
+        assert requests.get(f"{probes}/readyz", timeout=5).status_code == 200
+        assert requests.get(f"{probes}/metrics", timeout=5).status_code == 200
+        assert requests.get(f"{probes}/login", timeout=5).status_code == 404
+        assert requests.get(f"{probes}/api/v1/studies", timeout=5).status_code == 404
+        assert requests.get(f"{console}/login", timeout=5).status_code == 200
+        assert requests.get(f"{console}/api/v1/studies", timeout=5).status_code == 401
+        assert requests.get(f"{console}/metrics", timeout=5).status_code == 404

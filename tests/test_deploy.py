@@ -693,7 +693,8 @@ def _check_pod_volumes(documents: list, spec: dict, container: dict, settings: S
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_kubernetes_workloads_receiver_alone_workers_many(overlay: str) -> None:
-    """One receiver pod (`serve`), replaced by Recreate (never two at once on the database);
+    """One receiver pod (`serve`) by default, replaced by Recreate (never two versions at once
+    on the migrated schema);
     the DICOM Service selects it on the settings' port; workers run `work`, their
     PodDisruptionBudget selects them."""
     documents = render(K8S / "overlays" / overlay)

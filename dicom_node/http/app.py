@@ -50,18 +50,30 @@ def make_app(
         Route("/readyz", readyz),
         Route("/metrics", metrics),
     ]
-    middleware: list[Middleware] = []
-    if web is not None:
-        routes += [*console.routes(web), Mount("/api/v1", app=make_api(web))]
-        secret = web.settings.http_session_secret or secrets.token_urlsafe(32)
-        middleware.append(
-            Middleware(
-                SessionMiddleware,
-                secret_key=secret,
-                session_cookie="dicom_node_session",
-                max_age=8 * 3600,
-                same_site="strict",
-                https_only=web.settings.http_secure_cookies,
-            )
+    if web is None:
+        return Starlette(routes=routes)
+    return Starlette(routes=routes + web_routes(web), middleware=web_middleware(web))
+
+
+def console_app(web: WebContext) -> Starlette:
+    """The console and the REST API alone (`console_port`: on a listener of their own)."""
+    return Starlette(routes=web_routes(web), middleware=web_middleware(web))
+
+
+def web_routes(web: WebContext) -> list[BaseRoute]:
+    return [*console.routes(web), Mount("/api/v1", app=make_api(web))]
+
+
+def web_middleware(web: WebContext) -> list[Middleware]:
+    """Signed session cookies (HttpOnly by Starlette, SameSite=strict, 8 hours)."""
+    secret = web.settings.http_session_secret or secrets.token_urlsafe(32)
+    return [
+        Middleware(
+            SessionMiddleware,
+            secret_key=secret,
+            session_cookie="dicom_node_session",
+            max_age=8 * 3600,
+            same_site="strict",
+            https_only=web.settings.http_secure_cookies,
         )
-    return Starlette(routes=routes, middleware=middleware)
+    ]

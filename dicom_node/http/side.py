@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.http.app import make_app
+from dicom_node.http.app import console_app, make_app
 from dicom_node.http.collect import ChainWatch, DatabaseGauges
 from dicom_node.http.context import WebContext
 from dicom_node.http.health import Check, DatabaseProbe, Readiness, disk_check, spool_check
@@ -44,23 +44,37 @@ class HttpSide:
         self.readiness = Readiness(checks)
         self._gauges = DatabaseGauges(sessions)
         self.chain = ChainWatch(sessions, settings.audit_verify_every_seconds)
+        separate = web is not None and settings.console_port is not None
         self.server = HttpServer(
-            make_app(self.readiness, self._gauges.refresh, web),
+            make_app(self.readiness, self._gauges.refresh, None if separate else web),
             settings.http_host,
             settings.http_port,
         )
+        self.console: HttpServer | None = None
+        if separate and web is not None and settings.console_port is not None:
+            host = settings.console_host or settings.http_host
+            self.console = HttpServer(console_app(web), host, settings.console_port)
 
     @property
     def port(self) -> int:
         return self.server.port
 
+    @property
+    def console_port(self) -> int:
+        """Where the console and the REST API answer (the probes' port unless separate)."""
+        return self.console.port if self.console is not None else self.server.port
+
     def start(self) -> HttpSide:
         self.readiness.start()
         self.chain.start()
         self.server.start()
+        if self.console is not None:
+            self.console.start()
         return self
 
     def stop(self) -> None:
+        if self.console is not None:
+            self.console.stop()
         self.server.stop()
         self.chain.stop()
         self.readiness.stop()
