@@ -214,7 +214,7 @@ def silent() -> Iterator[SilentListener]:
 def test_a_destination_that_never_answers_delays_no_other_destination(
     tmp_path: Path, silent: SilentListener
 ) -> None:
-    """Destinations: one that accepts TCP and never answers (send timeout 20 s), and storescp.
+    """Destinations: one that accepts TCP and never answers (send timeout 8 s), and storescp.
     Two studies analysed one after the other: each one's SR and SC reach storescp within two
     seconds of its job's end, while the silent destination's lane still waits."""
     with StoreSCP(tmp_path / "pacs", aet="PACS") as pacs:
@@ -225,7 +225,7 @@ def test_a_destination_that_never_answers_delays_no_other_destination(
                 {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port},
             ],
             send_attempts=1,
-            send_timeout_seconds=20,
+            send_timeout_seconds=8,
         )
         with Node(settings) as node:
             for number in range(2):

@@ -46,10 +46,13 @@ def test_old_studies_leave_the_spool_and_their_records_stay(
                 .where(Job.study_instance_uid == old)
                 .values(finished_at=utcnow() - dt.timedelta(days=40))
             )
-            paths = {
-                uid: session.scalars(
-                    select(Instance.path).where(Instance.study_instance_uid == uid)
-                ).all()
+            paths = {  # the rows' paths as the node resolves them (stored relative to the spool)
+                uid: [
+                    row.path
+                    for row in session.scalars(
+                        select(Instance).where(Instance.study_instance_uid == uid)
+                    ).all()
+                ]
                 for uid in (old, recent)
             }
     env = {

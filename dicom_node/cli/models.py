@@ -1,24 +1,42 @@
-"""`dicom-node train` and `dicom-node evaluate`: their arguments (importing no torch, so that
-`dicom-node --help` stays fast) and the commands, which run in `model_commands`."""
+"""`dicom-node train` and `dicom-node evaluate` (with `--calibrate`): their arguments (importing
+no torch, so that `dicom-node --help` stays fast) and the commands, which run in
+`model_commands`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from dicom_node.training.chexpert import CHEXPERT_LABELS, UNCERTAIN_POLICIES
 from dicom_node.training.datasets import CXR14_LABELS
 
 DEFAULT_VERSION = "0.1.0"
 NETWORKS = ("DenseNet121", "DenseNet169", "DenseNet201", "DenseNet")
+KNOWN_LABELS = (*CXR14_LABELS, *(label for label in CHEXPERT_LABELS if label not in CXR14_LABELS))
 
 
-def _labels(text: str) -> tuple[str, ...]:
+def parse_labels(text: str) -> tuple[str, ...]:
+    """A comma-separated list of ChestX-ray14 or CheXpert labels, in the order given."""
     labels = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [label for label in labels if label not in CXR14_LABELS]
-    if unknown or not labels:
-        known = ", ".join(CXR14_LABELS)
-        raise argparse.ArgumentTypeError(f"unknown labels {unknown}; known: {known}")
+    unknown = [label for label in labels if label not in KNOWN_LABELS]
+    if unknown or not labels or len(set(labels)) != len(labels):
+        known = ", ".join(KNOWN_LABELS)
+        raise argparse.ArgumentTypeError(f"unknown or repeated labels {unknown}; known: {known}")
     return labels
+
+
+def layout_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a CheXpert folder is read (the other layouts ignore these)."""
+    parser.add_argument(
+        "--uncertain",
+        choices=UNCERTAIN_POLICIES,
+        default="ignore",
+        help="CheXpert's uncertain (-1.0) labels: ignore (left out of loss and metrics), "
+        "zeros (negative) or ones (positive)",
+    )
+    parser.add_argument(
+        "--lateral", action="store_true", help="CheXpert: lateral views too (default: frontal)"
+    )
 
 
 def _ints(text: str) -> list[int]:
@@ -29,7 +47,7 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--synthetic", action="store_true", help="train on generated phantoms")
     source.add_argument(
-        "--data", type=Path, help="ChestX-ray14 root (Data_Entry_2017.csv) or a DICOM folder"
+        "--data", type=Path, help="ChestX-ray14 or CheXpert folder, or a DICOM folder"
     )
     parser.add_argument("--labels-csv", type=Path, help="labels of a DICOM folder (labels.csv)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="patients for validation")
@@ -43,8 +61,11 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phantom-size", type=int, default=256, help="phantom side, pixels")
     parser.add_argument("--prevalence", type=float, default=0.15, help="chance of each finding")
     parser.add_argument(
-        "--labels", type=_labels, default=CXR14_LABELS, help="comma-separated subset"
+        "--labels",
+        type=parse_labels,
+        help="comma-separated labels (default: the data set's: ChestX-ray14's 14, CheXpert's 13)",
     )
+    layout_arguments(parser)
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,7 +119,7 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 def configure_evaluate(parser: argparse.ArgumentParser) -> None:
     """Arguments of `dicom-node evaluate`."""
     parser.add_argument("bundle", type=Path, help="bundle folder (models/<name>)")
-    parser.add_argument("data", type=Path, nargs="?", help="ChestX-ray14 root or DICOM folder")
+    parser.add_argument("data", type=Path, nargs="?", help="ChestX-ray14, CheXpert or DICOM folder")
     parser.add_argument("--labels-csv", type=Path, help="labels of a DICOM folder (labels.csv)")
     parser.add_argument(
         "--split",
@@ -106,17 +127,44 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
         default="test",
         help="which part of the data set to score",
     )
+    layout_arguments(parser)
     parser.add_argument("--synthetic", type=int, metavar="N", help="N fresh phantoms instead")
-    parser.add_argument("--seed", type=int, default=0, help="phantom seed; also the val split")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="phantom seed; also the val split and the bootstrap"
+    )
     parser.add_argument("--phantom-size", type=int, default=256, help="phantom side, pixels")
     parser.add_argument(
         "--prevalence", type=float, default=0.15, help="chance of each finding (phantoms)"
     )
     parser.add_argument("--localisation", action="store_true", help="phantoms: Grad-CAM hits")
-    parser.add_argument("--out", type=Path, default=Path("."), help="evaluation.json, roc.png")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for evaluation.json and roc.png (default: .); with --calibrate, the new "
+        "bundle (evaluation.json and roc.png in its docs/)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap replicates of the AUROC's 95%% CI"
+    )
+    calibration = parser.add_argument_group("calibration (docs/models.md)")
+    calibration.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="choose each finding's threshold on these data (Youden's J unless "
+        "--target-sensitivity) and write a new bundle version to --out",
+    )
+    calibration.add_argument(
+        "--target-sensitivity",
+        type=float,
+        metavar="S",
+        help="the highest threshold whose sensitivity is at least S (0 < S <= 1)",
+    )
+    calibration.add_argument(
+        "--version", help="the calibrated bundle's version (default: <version>+cal.<yyyymmdd>)"
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:

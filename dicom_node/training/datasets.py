@@ -1,20 +1,43 @@
-"""Labelled radiographs for training and evaluation: NIH ChestX-ray14, DICOM folders with a CSV."""
+"""Labelled radiographs for training and evaluation, in the layouts the data sets are downloaded
+in: NIH ChestX-ray14, CheXpert (`chexpert`), and DICOM folders with a labels CSV."""
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 from pydicom import dcmread
+
+from dicom_node.training.chexpert import UncertainPolicy, is_chexpert, read_chexpert
+from dicom_node.training.records import (
+    SPLITS,
+    DatasetError,
+    Record,
+    Split,
+    read_csv,
+    require_columns,
+    split_by_patient,
+)
+
+__all__ = [
+    "CXR14_ENTRIES",
+    "CXR14_LABELS",
+    "DatasetError",
+    "Record",
+    "Split",
+    "parse_findings",
+    "read_chestxray14",
+    "read_dicom_folder",
+    "read_layout",
+    "split_by_patient",
+]
 
 log = logging.getLogger(__name__)
 
-CXR14_ENTRY = "Data_Entry_2017.csv"
+# The label file as NIH published it in 2017 and as re-issued in 2020 (corrected ages, "Patient
+# Sex" for "Patient Gender"); the first one present is read.
+CXR14_ENTRIES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 CXR14_TRAIN_VAL = "train_val_list.txt"
 CXR14_TEST = "test_list.txt"
 # The 14 findings of NIH ChestX-ray14, in the order of its label file's columns.
@@ -37,42 +60,6 @@ CXR14_LABELS: tuple[str, ...] = (
 
 DICOM_LABELS_CSV = "labels.csv"
 NO_FINDING = "No Finding"
-SPLITS = ("train", "val", "test")
-
-
-class DatasetError(ValueError):
-    """A data folder or labels file the trainer cannot use; the message names file and row."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Record:
-    """One labelled image file: its path, the findings present and the patient it belongs to."""
-
-    path: Path
-    findings: frozenset[str]
-    patient_id: str
-
-    def target(self, labels: Sequence[str]) -> list[float]:
-        return [float(label in self.findings) for label in labels]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Split:
-    """Records for training, validation (patients disjoint from training) and testing."""
-
-    train: tuple[Record, ...]
-    val: tuple[Record, ...]
-    test: tuple[Record, ...]
-    description: str
-
-    def part(self, name: str) -> tuple[Record, ...]:
-        """'train', 'val', 'test' or 'all'."""
-        if name == "all":
-            return self.train + self.val + self.test
-        if name not in SPLITS:
-            raise ValueError(f"split must be one of {(*SPLITS, 'all')}, not {name!r}")
-        parts: tuple[Record, ...] = getattr(self, name)
-        return parts
 
 
 def parse_findings(text: str, where: str) -> frozenset[str]:
@@ -84,38 +71,7 @@ def parse_findings(text: str, where: str) -> frozenset[str]:
     return frozenset(found)
 
 
-def split_by_patient(
-    records: Sequence[Record], fraction: float, seed: int
-) -> tuple[tuple[Record, ...], tuple[Record, ...]]:
-    """(train, val): a seeded `fraction` of the patients (at least one, if there are two or
-    more; with a single patient val stays empty) go to val."""
-    patients = sorted({r.patient_id for r in records})
-    if len(patients) < 2:
-        return tuple(records), ()
-    n_val = min(len(patients) - 1, max(1, math.ceil(fraction * len(patients))))
-    order = np.random.default_rng(seed).permutation(len(patients))
-    val_patients = {patients[i] for i in order[:n_val]}
-    train = tuple(r for r in records if r.patient_id not in val_patients)
-    val = tuple(r for r in records if r.patient_id in val_patients)
-    return train, val
-
-
 # ---- NIH ChestX-ray14 -----------------------------------------------------------------------
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            return list(csv.DictReader(f))
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read: {exc}") from exc
-
-
-def _require(rows: list[dict[str, str]], columns: Iterable[str], path: Path) -> None:
-    header = set(rows[0]) if rows else set()
-    missing = [c for c in columns if c not in header]
-    if not rows or missing:
-        raise DatasetError(f"{path}: no rows, or columns {missing} missing")
 
 
 def _image_index(root: Path) -> dict[str, Path]:
@@ -134,12 +90,18 @@ def _name_list(path: Path) -> list[str]:
         raise DatasetError(f"{path}: cannot read the official split list: {exc}") from exc
 
 
+def chestxray14_entry(root: Path) -> Path | None:
+    """The label file of a ChestX-ray14 folder (the 2020 edition first), or None."""
+    return next((root / n for n in CXR14_ENTRIES if (root / n).is_file()), None)
+
+
 def read_chestxray14(root: Path, *, val_fraction: float = 0.1, seed: int = 0) -> Split:
-    """The NIH ChestX-ray14 layout: Data_Entry_2017.csv, images*/ folders and the official
+    """The NIH ChestX-ray14 layout: Data_Entry_2017_v2020.csv (or Data_Entry_2017.csv), PNGs
+    (8- or 16-bit, grey or RGBA) under images*/ (e.g. images_001/images/) and the official
     train_val_list.txt / test_list.txt; validation patients drawn from train_val."""
-    entry = root / CXR14_ENTRY
-    rows = _read_csv(entry)
-    _require(rows, ("Image Index", "Finding Labels", "Patient ID"), entry)
+    entry = chestxray14_entry(root) or root / CXR14_ENTRIES[-1]
+    rows = read_csv(entry)
+    require_columns(rows, ("Image Index", "Finding Labels", "Patient ID"), entry)
     images = _image_index(root)
     records: dict[str, Record] = {}
     for number, row in enumerate(rows, start=2):
@@ -156,11 +118,11 @@ def read_chestxray14(root: Path, *, val_fraction: float = 0.1, seed: int = 0) ->
     test = tuple(records[n] for n in _name_list(root / CXR14_TEST) if n in records)
     train, val = split_by_patient(train_val, val_fraction, seed)
     description = (
-        f"NIH ChestX-ray14 ({root.name}): official train_val list split by patient "
-        f"({len(train)} training, {len(val)} validation images, seed {seed}); "
+        f"NIH ChestX-ray14 ({root.name}, {entry.name}): official train_val list split by "
+        f"patient ({len(train)} training, {len(val)} validation images, seed {seed}); "
         f"official test list: {len(test)} images"
     )
-    return Split(train=train, val=val, test=test, description=description)
+    return Split(train=train, val=val, test=test, description=description, labels=CXR14_LABELS)
 
 
 # ---- DICOM folder with a labels CSV ---------------------------------------------------------
@@ -201,8 +163,8 @@ def read_dicom_folder(
     (relative to root), labels as a 'labels' column or one 0/1 column per label, optional
     'patient_id' (else the header's PatientID) and 'split' (train/val/test; else by patient)."""
     path = labels_csv or root / DICOM_LABELS_CSV
-    rows = _read_csv(path)
-    _require(rows, ("file",), path)
+    rows = read_csv(path)
+    require_columns(rows, ("file",), path)
     pairs = [_dicom_record(root, row, f"{path} line {n}") for n, row in enumerate(rows, start=2)]
     if any(split for _, split in pairs):
         parts = {name: tuple(r for r, s in pairs if s == name) for name in SPLITS}
@@ -214,17 +176,34 @@ def read_dicom_folder(
         f"DICOM folder {root.name} with {path.name}: {len(train)} training, {len(val)} "
         f"validation, {len(test)} test images (patients disjoint, seed {seed})"
     )
-    return Split(train=train, val=val, test=test, description=description)
+    return Split(train=train, val=val, test=test, description=description, labels=CXR14_LABELS)
 
 
 def read_layout(
-    data: Path, labels_csv: Path | None = None, *, val_fraction: float = 0.1, seed: int = 0
+    data: Path,
+    labels_csv: Path | None = None,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    uncertain: UncertainPolicy = "ignore",
+    frontal_only: bool = True,
 ) -> Split:
-    """ChestX-ray14 when `data` holds Data_Entry_2017.csv, else a DICOM folder with a CSV."""
-    if (data / CXR14_ENTRY).is_file():
+    """ChestX-ray14 when `data` holds its label file, CheXpert when it holds train.csv or
+    valid.csv with CheXpert's columns (`uncertain` and `frontal_only` apply), else a DICOM
+    folder with a labels CSV."""
+    if chestxray14_entry(data) is not None:
         return read_chestxray14(data, val_fraction=val_fraction, seed=seed)
+    if labels_csv is None and is_chexpert(data):
+        return read_chexpert(
+            data,
+            uncertain=uncertain,
+            frontal_only=frontal_only,
+            val_fraction=val_fraction,
+            seed=seed,
+        )
     if labels_csv is not None or (data / DICOM_LABELS_CSV).is_file():
         return read_dicom_folder(data, labels_csv, val_fraction=val_fraction, seed=seed)
     raise DatasetError(
-        f"{data}: neither {CXR14_ENTRY} (ChestX-ray14) nor {DICOM_LABELS_CSV} (DICOM folder) found"
+        f"{data}: neither {' nor '.join(CXR14_ENTRIES)} (ChestX-ray14), CheXpert's train.csv "
+        f"or valid.csv, nor {DICOM_LABELS_CSV} (DICOM folder) found"
     )

@@ -64,19 +64,24 @@ class FitResult:
 
 
 def positive_weights(targets: torch.Tensor, cap: float = 10.0) -> torch.Tensor:
-    """BCE pos_weight per label: negatives / positives, within [1, cap]."""
-    pos = targets.sum(0)
-    return ((targets.shape[0] - pos) / pos.clamp_min(1.0)).clamp(1.0, cap)
+    """BCE pos_weight per label: negatives / positives among the known (not NaN) targets,
+    within [1, cap]."""
+    known = ~torch.isnan(targets)
+    pos = torch.where(known, targets, 0.0).sum(0)
+    return ((known.sum(0) - pos) / pos.clamp_min(1.0)).clamp(1.0, cap)
 
 
 class FocalLoss(torch.nn.Module):
     """Binary focal loss per label on logits, positives weighted; gamma 0 is weighted BCE."""
 
-    def __init__(self, pos_weight: torch.Tensor, gamma: float = 2.0) -> None:
+    def __init__(
+        self, pos_weight: torch.Tensor, gamma: float = 2.0, *, reduction: str = "mean"
+    ) -> None:
         super().__init__()
         self.pos_weight: torch.Tensor
         self.register_buffer("pos_weight", pos_weight)
         self.gamma = gamma
+        self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weight = self.pos_weight
@@ -85,15 +90,37 @@ class FocalLoss(torch.nn.Module):
         )
         p = torch.sigmoid(logits)
         p_true = p * target + (1 - p) * (1 - target)
-        return ((1 - p_true) ** self.gamma * bce).mean()
+        loss = (1 - p_true) ** self.gamma * bce
+        return loss.mean() if self.reduction == "mean" else loss
 
 
-def make_loss(kind: LossKind, pos_weight: torch.Tensor, gamma: float) -> torch.nn.Module:
+class MaskedLoss(torch.nn.Module):
+    """The mean of an element-wise loss over the known targets: a NaN target (an uncertain
+    CheXpert label under U-Ignore) adds nothing to the loss or its gradient."""
+
+    def __init__(self, elementwise: torch.nn.Module) -> None:
+        super().__init__()
+        self.elementwise = elementwise
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        known = ~torch.isnan(target)
+        loss: torch.Tensor = self.elementwise(logits, torch.where(known, target, 0.0))
+        return (loss * known).sum() / known.sum().clamp_min(1)
+
+
+def make_loss(
+    kind: LossKind, pos_weight: torch.Tensor, gamma: float, *, masked: bool = False
+) -> torch.nn.Module:
+    """The loss; `masked` leaves NaN targets out (MaskedLoss)."""
+    reduction = "none" if masked else "mean"
+    loss: torch.nn.Module
     if kind == "weighted-bce":
-        return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    if kind == "focal":
-        return FocalLoss(pos_weight, gamma)
-    raise ValueError(f"loss must be 'weighted-bce' or 'focal', not {kind!r}")
+        loss = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction=reduction)
+    elif kind == "focal":
+        loss = FocalLoss(pos_weight, gamma, reduction=reduction)
+    else:
+        raise ValueError(f"loss must be 'weighted-bce' or 'focal', not {kind!r}")
+    return MaskedLoss(loss) if masked else loss
 
 
 # ---- progress ---------------------------------------------------------------------------------
@@ -192,8 +219,10 @@ def fit(
     pos_weight: torch.Tensor,
     config: FitConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    masked: bool = False,
 ) -> FitResult:
-    """AdamW with a one-cycle schedule; keeps the epoch of best validation mean AUROC."""
+    """AdamW with a one-cycle schedule; keeps the epoch of best validation mean AUROC.
+    `masked`: some targets are NaN (unknown) and stay out of the loss."""
     device = config.device
     if device.type == "cuda":
         model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -204,7 +233,7 @@ def fit(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=config.lr, total_steps=steps, pct_start=0.15
     )
-    loss_fn = make_loss(config.loss, pos_weight.to(device), config.focal_gamma)
+    loss_fn = make_loss(config.loss, pos_weight.to(device), config.focal_gamma, masked=masked)
     best: FitResult | None = None
     history: list[float] = []
     for epoch in range(1, config.epochs + 1):

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from dicom_node.model.preprocess import InputSpec, prepare, read_display
-from dicom_node.training.datasets import Record
+from dicom_node.training.records import Record
 
 Sample = tuple[torch.Tensor, torch.Tensor]
 

@@ -175,6 +175,7 @@ def train(out: Path, data: TrainingData, config: TrainConfig) -> TrainOutcome:
                 pos_weight=positive_weights(data.targets, config.fit.weight_cap),
                 config=config.fit,
                 on_epoch=_epoch_logger(tracker, config.fit.epochs, started),
+                masked=bool(torch.isnan(data.targets).any()),
             )
         outcome = _write(
             out,
