@@ -181,6 +181,50 @@ _FINDINGS: dict[str, Concept] = {
         "NIH 'Hernia' is mostly, not only, hiatal hernia (84089009)",
     ),
     NO_FINDING: _sct("17621005", "Normal", "PS3.16 CID 222 Normality / CID 242"),
+    # CheXpert's observations (dicom_node/training/chexpert.py) not spelt as an NIH label above.
+    "Pleural Effusion": _sct(
+        "60046008",
+        "Pleural effusion",
+        "PS3.16 (pydicom codes.SCT.PleuralEffusion, CID 645/8134); CheXpert's NIH 'Effusion'",
+    ),
+    "Lung Lesion": _sct(
+        "52988006",
+        "Lesion",
+        "PS3.16 (pydicom codes.SCT.Lesion); CheXpert 'Lung Lesion' (mass or nodule) takes the "
+        "morphologic concept, as NIH Mass and Nodule do",
+    ),
+    "Fracture": _sct(
+        "125605004",
+        "Fracture of bone",
+        "SNOMED CT |Fracture of bone (disorder)|, the root of SNOMED International's template "
+        "'Fracture of [bone structure] (disorder)'",
+    ),
+    "Enlarged Cardiomediastinum": Concept(
+        value="ENL-CARDIOMED",
+        scheme=LOCAL_SCHEME,
+        meaning="Enlarged cardiomediastinum",
+        source="local code: PS3.16 has no such concept; no SNOMED CT concept verifiable here",
+    ),
+    "Lung Opacity": Concept(
+        value="LUNG-OPACITY",
+        scheme=LOCAL_SCHEME,
+        meaning="Lung opacity",
+        source="local code: PS3.16 has opacity concepts of lens, cornea, vitreous and breast only",
+    ),
+    "Pleural Other": Concept(
+        value="PLEURAL-OTHER",
+        scheme=LOCAL_SCHEME,
+        meaning="Other pleural abnormality",
+        source="local code: CheXpert's remainder class (pleural thickening, fibrosis, "
+        "calcification) has no single concept",
+    ),
+    "Support Devices": Concept(
+        value="SUPPORT-DEVICES",
+        scheme=LOCAL_SCHEME,
+        meaning="Support devices",
+        source="local code: CheXpert's class of tubes, lines and implanted devices; PS3.16 codes "
+        "single devices (e.g. 26412008 Endotracheal tube), not the class",
+    ),
 }
 
 FINDING_CODES: Mapping[str, Concept] = MappingProxyType(_FINDINGS)

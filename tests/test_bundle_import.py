@@ -15,7 +15,7 @@ import torch
 from monai.networks.nets import DenseNet, DenseNet121
 
 from dicom_node.cli import bundles
-from dicom_node.model.bundle import METADATA, load_bundle, sha256_file
+from dicom_node.model.bundle import METADATA, BundleError, load_bundle, sha256_file
 from dicom_node.model.bundle_import import (
     IMAGENET,
     ImportRequest,
@@ -210,7 +210,6 @@ def test_imagenet_normalisation_is_folded_into_the_first_layers(tmp_path: Path) 
     ("channels", "argv", "message"),
     [
         (3, ["--labels", "Atelectasis,Cardiomegaly"], "3 outputs but 2 labels"),
-        (3, ["--labels", "Atelectasis,Cardiomegaly,Lung Opacity"], "structured_reports/codes.py"),
         (1, ["--labels", ",".join(CXR14_LABELS[:3])], "3 mean/std values"),  # ImageNet's, grey
     ],
 )
@@ -221,11 +220,20 @@ def test_import_refuses_what_it_cannot_name(
     argv: list[str],
     message: str,
 ) -> None:
-    """Too few labels, a label without a code, or per-channel values for a grey network end
-    with status 2 and the reason; nothing is written."""
+    """Too few labels, or per-channel values for a grey network, end with status 2 and the
+    reason; nothing is written."""
     checkpoint = torchvision_checkpoint(tiny_densenet(in_channels=channels), tmp_path / "c.pth")
     status = _import(str(checkpoint), "--out", str(tmp_path / "b"), *argv)
     assert status == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_label_without_a_code_is_refused(tmp_path: Path) -> None:
+    """Every label needs a coded concept before anything is written."""
+    checkpoint = torchvision_checkpoint(tiny_densenet(), tmp_path / "c.pth")
+    request = ImportRequest(labels=("Atelectasis", "Cardiomegaly", "Lung Thing"))
+    with pytest.raises(BundleError, match=r"structured_reports/codes\.py"):
+        import_checkpoint(checkpoint, tmp_path / "b", request)
     assert not (tmp_path / "b").exists()
 
 

@@ -18,6 +18,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.store.database import open_database
 from dicom_node.store.schema import Delivery, Instance, Job, Result
@@ -117,14 +118,7 @@ def test_two_receivers_and_two_workers_on_other_mount_paths_analyse_each_study_o
                 if process.poll() is None:
                     process.send_signal(signal.SIGTERM)
                     process.wait(timeout=60)
-    with sessions() as session:
-        jobs = session.scalars(select(Job)).all()
-        paths = (
-            session.scalars(select(Instance.path)).all()
-            + session.scalars(select(Delivery.path)).all()
-        )
-        findings = session.scalar(select(func.count()).select_from(Result))
-    sessions.kw["bind"].dispose()
+    jobs, paths, findings = _final_state(sessions)
     assert sorted(j.study_instance_uid for j in jobs) == sorted(studies)  # one job per study
     assert any(j.attempts == 2 for j in jobs)  # the job taken over from the killed worker
     assert findings == 14 * len(studies)
@@ -153,3 +147,16 @@ def _send_to_both(tmp_path: Path, ports: list[int]) -> list[str]:
         )
     assert all(s.wait(timeout=60) == 0 for s in senders)
     return studies
+
+
+def _final_state(sessions: sessionmaker[Session]) -> tuple[list[Job], list[str], int]:
+    """The jobs, the stored spool paths (as the database keeps them) and the findings' count."""
+    with sessions() as session:
+        jobs = list(session.scalars(select(Job)).all())
+        paths = [
+            *session.scalars(select(Instance.path)).all(),
+            *session.scalars(select(Delivery.path)).all(),
+        ]
+        findings = int(session.scalar(select(func.count()).select_from(Result)) or 0)
+    sessions.kw["bind"].dispose()
+    return jobs, paths, findings

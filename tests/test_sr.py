@@ -16,6 +16,7 @@ from dicom_validators import (
 from highdicom.sr import CodedConcept, MeasurementReport, srread
 from pydicom import Dataset
 
+from dicom_node.training.chexpert import CHEXPERT_LABELS
 from structured_reports import codes
 from structured_reports.results import (
     FindingResult,
@@ -112,13 +113,16 @@ def texts(item: Dataset) -> list[str]:
 
 
 def test_every_label_maps_to_a_code() -> None:
-    """All 14 NIH labels and 'No Finding' have a coded concept with a scheme and a source."""
+    """All 14 NIH labels, 'No Finding' and CheXpert's own labels have a coded concept with a
+    scheme and a source, and nothing else is coded."""
     for label in (*LABELS, codes.NO_FINDING):
         concept = codes.finding_code(label)
         assert isinstance(concept, CodedConcept)
         assert concept.scheme_designator in {"SCT", "RADLEX", codes.LOCAL_SCHEME}
         assert codes.FINDING_CODES[label].source
-    assert set(codes.FINDING_CODES) == {*LABELS, codes.NO_FINDING}
+    assert set(codes.FINDING_CODES) == {*LABELS, codes.NO_FINDING, *CHEXPERT_LABELS}
+    for label in CHEXPERT_LABELS:
+        assert codes.FINDING_CODES[label].source
 
 
 def test_unknown_label_raises_key_error_naming_the_known_ones() -> None:

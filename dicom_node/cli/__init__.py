@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per task."""
     from dicom_node.audit import cli as audit_cli
-    from dicom_node.cli import feedback, models, peers, service, users
+    from dicom_node.cli import bundles, feedback, models, peers, service, users
 
     parser = Parser(prog="dicom-node", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         models.configure_evaluate,
         models.run_evaluate,
     )
+    bundle = commands.add_parser(
+        "bundle", help="import a published checkpoint as a bundle, or export one (ONNX, Triton)"
+    )
+    bundles.configure_bundle(bundle)
     feedback.configure_parser(
         commands.add_parser("feedback", help="export the readers' corrected labels for retraining")
     )

@@ -39,8 +39,7 @@ def configure_bundle(parser: argparse.ArgumentParser) -> None:
     imp.add_argument(
         "--labels",
         type=parse_labels,
-        default=CXR14_LABELS,
-        help="the classifier's outputs in order, comma-separated (default: NIH ChestX-ray14's 14)",
+        help="the classifier's outputs in order, comma-separated; else NIH ChestX-ray14's 14",
     )
     imp.add_argument("--input-size", type=int, default=224, help="side the network was trained at")
     imp.add_argument(
@@ -49,8 +48,8 @@ def configure_bundle(parser: argparse.ArgumentParser) -> None:
     imp.add_argument(
         "--std", type=_floats, default=IMAGENET_STD, help="training std, one or per channel"
     )
-    imp.add_argument("--name", help="bundle name (default: after the file and the network)")
-    imp.add_argument("--version", help="bundle version (default: 1.0.0+<SHA-256 prefix>)")
+    imp.add_argument("--name", help="bundle name; after the file and the network if not given")
+    imp.add_argument("--version", help="bundle version; 1.0.0+<SHA-256 prefix> if not given")
     imp.add_argument("--threshold", type=float, default=0.5, help="every label's threshold")
     imp.add_argument("--manufacturer", help="who made the weights (the SR's manufacturer)")
     imp.add_argument("--license", type=Path, help="text file: the weights' licence terms")
@@ -81,7 +80,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         license_text = args.license.read_text(encoding="utf-8") if args.license else None
         request = ImportRequest(
-            labels=tuple(args.labels),
+            labels=tuple(args.labels or CXR14_LABELS),
             input_size=args.input_size,
             normalisation=Normalisation(mean=args.mean, std=args.std),
             name=args.name,

@@ -35,7 +35,7 @@ def layout_arguments(parser: argparse.ArgumentParser) -> None:
         "zeros (negative) or ones (positive)",
     )
     parser.add_argument(
-        "--lateral", action="store_true", help="CheXpert: lateral views too (default: frontal)"
+        "--lateral", action="store_true", help="CheXpert: lateral views too, not only frontal ones"
     )
 
 
@@ -63,7 +63,7 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels",
         type=parse_labels,
-        help="comma-separated labels (default: the data set's: ChestX-ray14's 14, CheXpert's 13)",
+        help="comma-separated labels; else the data set's (ChestX-ray14's 14, CheXpert's 13)",
     )
     layout_arguments(parser)
 
@@ -140,8 +140,8 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        help="folder for evaluation.json and roc.png (default: .); with --calibrate, the new "
-        "bundle (evaluation.json and roc.png in its docs/)",
+        help="folder for evaluation.json and roc.png, . if not given; with --calibrate, the "
+        "new bundle (evaluation.json and roc.png in its docs/)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
@@ -163,7 +163,7 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
         help="the highest threshold whose sensitivity is at least S (0 < S <= 1)",
     )
     calibration.add_argument(
-        "--version", help="the calibrated bundle's version (default: <version>+cal.<yyyymmdd>)"
+        "--version", help="the calibrated bundle's version; <version>+cal.<yyyymmdd> if not given"
     )
 
 

@@ -240,7 +240,8 @@ def _metadata(
     what = f"{card.network} weights imported from {source['file']} (SHA-256 {source['sha256']})"
     doc["description"] = f"{request.description or what}. Not for clinical use."
     doc["changelog"] = {card.version: f"imported by dicom-node: {what}"}
-    doc["task"] = f"Multi-label classification of frontal chest radiographs ({len(card.labels)})"
+    n = len(card.labels)
+    doc["task"] = f"Multi-label classification of frontal chest radiographs ({n} labels)"
     doc["data_source"] = "as published with the weights (not known to dicom-node)"
     section = doc[SECTION]
     for key in ("training", "validation_metrics"):

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from dicom_node.model.bundle import METADATA, SECTION, Bundle, BundleError, load_bundle
 from dicom_node.model.bundle_metadata import json_safe
 from dicom_node.training.classification_metrics import (
+    Floats,
     known,
     sensitivity_threshold,
     youden_threshold,
@@ -54,7 +55,7 @@ class ThresholdRule:
             return "Youden's J (max sensitivity + specificity - 1)"
         return f"highest threshold with sensitivity >= {self.target}"
 
-    def threshold(self, scores: Any, truth: Any) -> float:
+    def threshold(self, scores: Floats, truth: Floats) -> float:
         if self.method == "youden":
             return youden_threshold(scores, truth)
         return sensitivity_threshold(scores, truth, float(self.target or 0.0))
