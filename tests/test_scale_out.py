@@ -26,7 +26,7 @@ from tests.conftest import chest_image, node_env, write_study
 from tests.peers import STORESCU_BIN, StoreSCP, free_port, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
-STUDIES_PER_RECEIVER = 3
+STUDIES_PER_RECEIVER = 2
 LEASE_SECONDS = 4
 
 

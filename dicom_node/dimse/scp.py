@@ -78,6 +78,7 @@ TRANSFER_SYNTAXES = (
     RLELossless,
 )
 SUCCESS = 0x0000
+SHUTDOWN_POLL_SECONDS = 0.05  # how soon a stopping listener notices (socketserver's default: 0.5)
 REPORT_WAIT_SECONDS = 10.0  # how long a commitment report waits for its transaction's record
 _association_numbers = itertools.count(1)  # a short id per association, for the log lines
 
@@ -313,7 +314,12 @@ def _serve(
         handshake_timeout=settings.association_timeout_seconds,
         on_refused=refused,
     )
-    thread = threading.Thread(target=server.serve_forever, name=f"listener-{port}", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS},
+        name=f"listener-{port}",
+        daemon=True,
+    )
     thread.start()
     ae._servers.append(server)  # as AE.start_server does: the server's shutdown removes it
     kind = "DICOM TLS" if context else "plain TCP"
