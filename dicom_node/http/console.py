@@ -23,6 +23,7 @@ from dicom_node.audit import export as audit_export
 from dicom_node.audit.chain import verify
 from dicom_node.errors import NodeError
 from dicom_node.http import auth, views
+from dicom_node.http.api.queries import recent_studies
 from dicom_node.http.context import WebContext
 from dicom_node.pipeline.deliver import deliver, restart_window
 from dicom_node.pipeline.dispatch import schedule_of
@@ -133,7 +134,7 @@ async def study_list(
 ) -> Response:
     query = request.query_params.get("q", "").strip()
     with ctx.sessions() as session:
-        rows = views.studies(session, query)
+        rows = recent_studies(session, query, views.RECENT)
     if query:
         _record(ctx, request, Event.STUDY_QUERIED, user_id=user.name, detail=f"search {query!r}")
     return _page(request, "studies.html", rows=rows, q=query)

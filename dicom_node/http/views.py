@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import shutil
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from pydicom import Dataset, dcmread
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from dicom_node.http.api.queries import first_header
 from dicom_node.settings import Settings
-from dicom_node.store.paths import absolute
 from dicom_node.store.schema import (
     AuditEvent,
     Delivery,
@@ -99,69 +98,6 @@ def overview(session: Session, settings: Settings) -> Overview:
     )
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class StudyRow:
-    """One line of the list of recent studies."""
-
-    study_instance_uid: str
-    accession_number: str
-    state: str
-    received_at: dt.datetime
-    job_state: str
-    job_detail: str
-    seconds: float | None
-
-
-def studies(session: Session, query: str = "") -> list[StudyRow]:
-    """Recent studies, newest first; `query` matches the Study Instance UID or the Accession
-    Number (read from each study's first instance header)."""
-    statement = select(Study).order_by(Study.first_received_at.desc()).limit(RECENT)
-    if query and query.replace(".", "").isdigit():
-        statement = statement.where(or_(Study.study_instance_uid == query))
-    rows = []
-    for study in session.scalars(statement).all():
-        job = session.scalars(
-            select(Job)
-            .where(Job.study_instance_uid == study.study_instance_uid, Job.reason != "retract")
-            .order_by(Job.id.desc())
-        ).first()
-        accession = str(_first_header(session, study.study_instance_uid).get("AccessionNumber", ""))
-        if query and query not in (study.study_instance_uid, accession):
-            continue
-        seconds = None
-        if job is not None and job.finished_at is not None:
-            seconds = (job.finished_at - study.last_instance_at).total_seconds()
-        rows.append(
-            StudyRow(
-                study_instance_uid=study.study_instance_uid,
-                accession_number=accession,
-                state=study.state,
-                received_at=study.first_received_at,
-                job_state=job.state if job else "-",
-                job_detail=(job.detail or "") if job else "",
-                seconds=seconds,
-            )
-        )
-    return rows
-
-
-def _first_header(session: Session, study_instance_uid: str) -> Dataset:
-    path = absolute(
-        session,
-        session.scalar(
-            select(Instance.path)
-            .where(Instance.study_instance_uid == study_instance_uid, Instance.purged_at.is_(None))
-            .order_by(Instance.received_at)
-        ),
-    )
-    if not path:
-        return Dataset()
-    try:
-        return dcmread(path, stop_before_pixels=True)
-    except (OSError, ValueError, EOFError):
-        return Dataset()
-
-
 @dataclass(kw_only=True, slots=True)
 class StudyPage:
     """Everything the study page shows."""
@@ -182,78 +118,48 @@ class StudyPage:
     labels: list[str] = field(default_factory=list)
 
 
+def _of_study(session: Session, entity: Any, study_instance_uid: str, order: Any) -> list[Any]:
+    """The study's rows of one table, in `order`."""
+    where = entity.study_instance_uid == study_instance_uid
+    return list(session.scalars(select(entity).where(where).order_by(order)).all())
+
+
 def study_page(session: Session, study_instance_uid: str) -> StudyPage | None:
     """The study page's content; None when the study is not stored here."""
     study = session.get(Study, study_instance_uid)
     if study is None:
         return None
-    header = _first_header(session, study_instance_uid)
-    jobs = list(
-        session.scalars(
-            select(Job).where(Job.study_instance_uid == study_instance_uid).order_by(Job.id)
-        ).all()
-    )
-    analysis = [
-        j for j in jobs if j.state in {"done", "skipped", "failed"} and j.reason != "retract"
-    ]
-    last = analysis[-1] if analysis else None
+    header = first_header(session, study_instance_uid)
+    jobs = _of_study(session, Job, study_instance_uid, Job.id)
+    ended = [j for j in jobs if j.state in {"done", "skipped", "failed"} and j.reason != "retract"]
     results: dict[str, list[Result]] = {}
     skips: list[Skip] = []
-    if last is not None:
-        for result in session.scalars(
-            select(Result).where(Result.job_id == last.id).order_by(Result.id)
-        ).all():
+    if ended:
+        last = ended[-1].id
+        query = select(Result).where(Result.job_id == last).order_by(Result.id)
+        for result in session.scalars(query).all():
             results.setdefault(result.sop_instance_uid, []).append(result)
-        skips = list(session.scalars(select(Skip).where(Skip.job_id == last.id)).all())
-    objects = list(
-        session.scalars(
-            select(ResultObject)
-            .where(
-                ResultObject.study_instance_uid == study_instance_uid,
-                ResultObject.retracted_by.is_(None),
-            )
-            .order_by(ResultObject.id)
-        ).all()
-    )
+        skips = list(session.scalars(select(Skip).where(Skip.job_id == last)).all())
+    objects = [
+        o
+        for o in _of_study(session, ResultObject, study_instance_uid, ResultObject.id)
+        if o.retracted_by is None
+    ]
     srs = [o for o in objects if o.kind == "sr"]
     return StudyPage(
         study=study,
         patient_name=str(header.get("PatientName", "")),
         patient_id=str(header.get("PatientID", "")),
         accession_number=str(header.get("AccessionNumber", "")),
-        instances=list(
-            session.scalars(
-                select(Instance)
-                .where(Instance.study_instance_uid == study_instance_uid)
-                .order_by(Instance.received_at)
-            ).all()
-        ),
+        instances=_of_study(session, Instance, study_instance_uid, Instance.received_at),
         jobs=jobs,
         results=results,
         skips=skips,
         objects=objects,
         sr_text=sr_lines(Path(srs[-1].path)) if srs else [],
-        deliveries=list(
-            session.scalars(
-                select(Delivery)
-                .where(Delivery.study_instance_uid == study_instance_uid)
-                .order_by(Delivery.id)
-            ).all()
-        ),
-        audit=list(
-            session.scalars(
-                select(AuditEvent)
-                .where(AuditEvent.study_instance_uid == study_instance_uid)
-                .order_by(AuditEvent.seq)
-            ).all()
-        ),
-        feedback=list(
-            session.scalars(
-                select(Feedback)
-                .where(Feedback.study_instance_uid == study_instance_uid)
-                .order_by(Feedback.id)
-            ).all()
-        ),
+        deliveries=_of_study(session, Delivery, study_instance_uid, Delivery.id),
+        audit=_of_study(session, AuditEvent, study_instance_uid, AuditEvent.seq),
+        feedback=_of_study(session, Feedback, study_instance_uid, Feedback.id),
         labels=sorted({r.label for rows in results.values() for r in rows}),
     )
 
@@ -306,14 +212,3 @@ def object_png(path: Path, max_side: int = 1024) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
-
-
-def audit_counts(session: Session) -> Counter[str]:
-    """Audit rows by type (the auditor's page)."""
-    return Counter(
-        dict(
-            session.execute(
-                select(AuditEvent.event_type, func.count()).group_by(AuditEvent.event_type)
-            ).all()
-        )
-    )
