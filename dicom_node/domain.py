@@ -36,7 +36,9 @@ class Letterbox:
     """How a display image was placed into the square model input.
 
     The image was scaled by `scale` to `height` x `width` pixels and pasted at (`pad_top`,
-    `pad_left`) into a `size` x `size` canvas; the rest is padding.
+    `pad_left`) into a `size` x `size` canvas; the rest is padding. `transposed`: the canvas
+    holds the image transposed (rows are the display's columns), as MONAI's loaders order 2-D
+    images; the other fields are in the display's orientation.
     """
 
     scale: float
@@ -45,6 +47,7 @@ class Letterbox:
     height: int
     width: int
     size: int
+    transposed: bool = False
 
     def __post_init__(self) -> None:
         inside = self.pad_top >= 0 and self.pad_top + self.height <= self.size

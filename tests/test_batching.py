@@ -115,7 +115,7 @@ def test_model_errors_reach_every_waiting_caller(bundle: Bundle) -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             raise RuntimeError("model exploded")
 
-    network = torch.nn.Module()
+    network = bundle.build_network(CPU)
     network.features = Exploding()
     clf = Classifier(bundle, CPU, network=network)
     errors: list[BaseException] = []

@@ -160,7 +160,7 @@ METADATA_CASES: list[tuple[str, Callable[[Doc], None], str]] = [
         lambda d: d["dicom_node"].update(synthetic_demo="yes"),
         "'dicom_node.synthetic_demo'",
     ),
-    ("no section", lambda d: d.pop("dicom_node"), "'dicom_node' missing"),
+    ("no section and no channel_def", lambda d: d.pop("dicom_node"), "'dicom_node.labels' missing"),
     (
         "uncoded label",
         lambda d: d["dicom_node"].update(
@@ -182,9 +182,9 @@ METADATA_CASES: list[tuple[str, Callable[[Doc], None], str]] = [
 ]
 INFERENCE_CASES: list[tuple[str, Callable[[Doc], None], str]] = [
     (
-        "other network",
-        lambda d: d["network_def"].update(_target_="monai.networks.nets.ResNet"),
-        "'network_def._target_'",
+        "network not on the allow-list",
+        lambda d: d["network_def"].update(_target_="monai.networks.nets.UNet"),
+        "'network_def._target_' 'monai.networks.nets.UNet' is not allowed",
     ),
     (
         "wrong outputs",

@@ -222,11 +222,11 @@ def test_map_to_display_places_a_peak() -> None:
 def test_fast_path_is_used_and_other_heads_fall_back_to_monai(classifier: Classifier) -> None:
     """The DenseNet head takes the one-product path; a head with max pooling goes through MONAI
     GradCAM class by class, and still equals MONAI GradCAM on the whole network."""
-    assert _linear_head_weight(classifier.network) is not None
+    assert _linear_head_weight(classifier.parts.head) is not None
     net: Any = copy.deepcopy(classifier.network)
     net.class_layers.pool = torch.nn.AdaptiveMaxPool2d(1)
     clf = Classifier(classifier.bundle, CPU, network=net)
-    assert _linear_head_weight(net) is None
+    assert _linear_head_weight(clf.parts.head) is None
     batch = _batch(2, seed=11)
     ours = gradcam(clf, batch, [[0, 2], [2]])
     for cls, rows in ((0, [0]), (2, [0, 1])):

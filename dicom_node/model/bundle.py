@@ -11,39 +11,32 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-from monai.networks import nets
 
+from dicom_node.model import networks, zoo, zoo_transforms
+from dicom_node.model.bundle_section import (
+    DEFAULT_THRESHOLD,
+    SECTION,
+    BundleError,
+    code_entry,
+    codes_of,
+    critical_of,
+    get,
+    input_of,
+    labels_of,
+    network_of,
+    read_json,
+    thresholds_of,
+)
 from dicom_node.model.preprocess import InputSpec
 from structured_reports.codes import FINDING_CODES, Concept
 from structured_reports.results import NODE_MANUFACTURER, ModelIdentity
+
+__all__ = ["SECTION", "Bundle", "BundleError", "code_entry", "load_bundle", "write_bundle"]
 
 METADATA = Path("configs/metadata.json")
 INFERENCE = Path("configs/inference.json")
 WEIGHTS = Path("models/model.pt")
 LICENSE = Path("LICENSE")
-SECTION = "dicom_node"  # our keys inside metadata.json, beside the MONAI schema's
-
-# Only these network definitions are built; a bundle never runs code of its own. The generic
-# DenseNet (with its block_config) serves small test and experiment models.
-_NETWORKS = ("DenseNet121", "DenseNet169", "DenseNet201", "DenseNet264", "DenseNet")
-_NETWORK_KWARGS = frozenset(
-    {
-        "block_config",
-        "spatial_dims",
-        "in_channels",
-        "out_channels",
-        "init_features",
-        "growth_rate",
-        "bn_size",
-        "dropout_prob",
-        "pretrained",
-        "progress",
-    }
-)
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used; the message names the file and the key."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -60,6 +53,10 @@ class Bundle:
     std: float
     network_name: str = "DenseNet121"
     network_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # the bundle's own preprocessing; None: the node's letterbox and (x - mean) / std
+    pipeline: zoo_transforms.Pipeline | None = None
+    # label -> its coded concept where the bundle gives one (labels outside codes.py)
+    own_codes: Mapping[str, Concept] = field(default_factory=dict)
     # label -> critical threshold: a study at or above one raises a critical-finding notification
     critical_findings: Mapping[str, float] = field(default_factory=dict)
 
@@ -74,13 +71,17 @@ class Bundle:
     def input_spec(self) -> InputSpec:
         """What `preprocess.prepare` needs to make this bundle's model input."""
         return InputSpec(
-            size=self.input_size, mean=self.mean, std=self.std, channels=self.in_channels
+            size=self.input_size,
+            mean=self.mean,
+            std=self.std,
+            channels=self.in_channels,
+            pipeline=self.pipeline,
         )
 
     @property
     def codes(self) -> tuple[Concept, ...]:
         """The coded concept of each label, in label order (validated when loading)."""
-        return tuple(FINDING_CODES[label] for label in self.labels)
+        return tuple(self.own_codes.get(label) or FINDING_CODES[label] for label in self.labels)
 
     @property
     def weights_path(self) -> Path:
@@ -95,6 +96,8 @@ class Bundle:
             raise BundleError(f"{self.weights_path}: cannot load the state_dict: {exc}") from exc
         if not isinstance(state, Mapping):
             raise BundleError(f"{self.weights_path}: expected a state_dict, got {type(state)}")
+        if isinstance(state.get("model"), Mapping):  # a checkpoint saved as {"model": ...}
+            state = state["model"]
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         try:
             net.load_state_dict(state, strict=True)
@@ -102,14 +105,33 @@ class Bundle:
             raise BundleError(
                 f"{self.weights_path}: weights do not fit the network: {exc}"
             ) from exc
+        self._check_shape(net)
         return net.to(device).eval()
+
+    def _check_shape(self, net: torch.nn.Module) -> None:
+        """The network reads the bundle's channels and gives one logit per label."""
+        where = f"{self.path / INFERENCE}: 'network_def'"
+        try:
+            out = networks.split(net).head[-1]
+            channels = networks.in_channels(net)
+        except TypeError as exc:
+            raise BundleError(f"{where}: {exc}") from exc
+        if not isinstance(out, torch.nn.Linear) or out.out_features != len(self.labels):
+            raise BundleError(f"{where} must give {len(self.labels)} outputs, one per label")
+        if channels != self.in_channels:
+            raise BundleError(
+                f"{where} reads {channels} channels, the input has {self.in_channels}"
+            )
 
 
 def instantiate_network(name: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
-    """A freshly initialised network of an allowed MONAI DenseNet class."""
-    if name not in _NETWORKS:
-        raise BundleError(f"network {name!r} not allowed; one of {_NETWORKS}")
-    module: torch.nn.Module = getattr(nets, name)(**kwargs)
+    """A freshly initialised network of an allowed MONAI class (`networks.ALLOWED`), its
+    arguments checked as a bundle's would be."""
+    try:
+        component = zoo.check_component({"_target_": name, **kwargs}, "network_def")
+    except zoo.ZooError as exc:
+        raise BundleError(str(exc)) from exc
+    module: torch.nn.Module = zoo.instantiate(component)
     return module
 
 
@@ -121,177 +143,33 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-# ---- reading --------------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise BundleError(f"{path}: file missing") from exc
-    except OSError as exc:
-        raise BundleError(f"{path}: cannot read: {exc}") from exc
-    except ValueError as exc:
-        raise BundleError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise BundleError(f"{path}: expected a JSON object at the top level")
-    return doc
-
-
-def _get(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    """doc[key] checked against `kind`; `where` is 'file: prefix' for the message."""
-    if key not in doc:
-        raise BundleError(f"{where}{key}' missing")
-    value = doc[key]
-    bad_bool = isinstance(value, bool) and bool not in (
-        kind if isinstance(kind, tuple) else (kind,)
-    )
-    if not isinstance(value, kind) or bad_bool:
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise BundleError(f"{where}{key}' must be {names}, got {value!r}")
-    return value
-
-
-def _labels_and_thresholds(
-    sec: Mapping[str, Any], where: str
-) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    labels = _get(sec, "labels", list, where)
-    if not labels or not all(isinstance(x, str) and x for x in labels):
-        raise BundleError(f"{where}labels' must be a non-empty list of strings")
-    if len(set(labels)) != len(labels):
-        raise BundleError(f"{where}labels' has duplicates")
-    thresholds = _get(sec, "thresholds", dict, where)
-    if set(thresholds) != set(labels):
-        missing, extra = set(labels) - set(thresholds), set(thresholds) - set(labels)
-        raise BundleError(
-            f"{where}thresholds' keys differ from labels: "
-            f"missing {sorted(missing)}, unknown {sorted(extra)}"
-        )
-    _check_codes(sec, labels, where)
-    values = []
-    for label in labels:
-        t = _get(thresholds, label, (int, float), f"{where}thresholds.")
-        if not 0.0 < t < 1.0:
-            raise BundleError(f"{where}thresholds.{label}' must lie in (0, 1), got {t}")
-        values.append(float(t))
-    return tuple(labels), tuple(values)
-
-
-def _critical_findings(
-    sec: Mapping[str, Any], labels: tuple[str, ...], where: str
-) -> dict[str, float]:
-    """The optional `critical_findings` {label: threshold}: labels of the bundle, thresholds in
-    (0, 1). Absent: none (no study raises a critical-finding notification by the bundle)."""
-    if "critical_findings" not in sec:
-        return {}
-    table = _get(sec, "critical_findings", dict, where)
-    unknown = sorted(set(table) - set(labels))
-    if unknown:
-        raise BundleError(
-            f"{where}critical_findings' names labels the bundle does not predict: {unknown}"
-        )
-    critical: dict[str, float] = {}
-    for label in labels:
-        if label not in table:
-            continue
-        t = _get(table, label, (int, float), f"{where}critical_findings.")
-        if not 0.0 < t < 1.0:
-            raise BundleError(f"{where}critical_findings.{label}' must lie in (0, 1), got {t}")
-        critical[label] = float(t)
-    return critical
-
-
-def code_entry(label: str) -> dict[str, str]:
-    """The `codes` entry written for a label: its curated concept (structured_reports.codes)."""
-    concept = FINDING_CODES[label]
-    return {"value": concept.value, "scheme": concept.scheme, "meaning": concept.meaning}
-
-
-def _check_codes(sec: Mapping[str, Any], labels: list[str], where: str) -> None:
-    """Every label has a curated code; a `codes` table, when present, agrees with it."""
-    uncoded = [label for label in labels if label not in FINDING_CODES]
-    if uncoded:
-        raise BundleError(
-            f"{where}labels' has labels without a coded concept: {uncoded}; add them to "
-            "structured_reports/codes.py (exact NIH ChestX-ray14 spelling) first"
-        )
-    if "codes" not in sec:
-        return
-    codes = _get(sec, "codes", dict, where)
-    if set(codes) != set(labels):
-        raise BundleError(
-            f"{where}codes' keys differ from labels: {sorted(set(codes) ^ set(labels))}"
-        )
-    for label in labels:
-        entry = _get(codes, label, dict, f"{where}codes.")
-        if entry != code_entry(label):
-            raise BundleError(
-                f"{where}codes.{label}' is {entry}, the curated code is {code_entry(label)}"
-            )
-
-
-def _check_kwarg(key: str, value: Any, where: str) -> None:
-    if key not in _NETWORK_KWARGS:
-        raise BundleError(f"{where}network_def.{key}' is not a supported DenseNet argument")
-    if isinstance(value, str) and value[:1] in "$@%":
-        raise BundleError(f"{where}network_def.{key}' must be a literal, not an expression")
-    if key == "block_config" and not (
-        isinstance(value, list)
-        and 1 <= len(value) <= 8
-        and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 64 for n in value)
-    ):
-        raise BundleError(f"{where}network_def.block_config' must be 1 to 8 layer counts")
-
-
-def _network(path: Path, labels: int, in_channels: int) -> tuple[str, dict[str, Any]]:
-    where = f"{path}: '"
-    doc = _read_json(path)
-    net = dict(_get(doc, "network_def", dict, where))
-    target = str(_get(net, "_target_", str, f"{where}network_def."))
-    name = target.removeprefix("monai.networks.nets.").removeprefix("densenet.")
-    if name not in _NETWORKS:
-        raise BundleError(
-            f"{where}network_def._target_' must be one of {_NETWORKS}, got {target!r}"
-        )
-    kwargs = {k: v for k, v in net.items() if k != "_target_"}
-    for key, value in kwargs.items():
-        _check_kwarg(key, value, where)
-    if "block_config" in kwargs and name != "DenseNet":
-        raise BundleError(f"{where}network_def.block_config' is fixed by {name}; use DenseNet")
-    if kwargs.get("pretrained"):
-        raise BundleError(f"{where}network_def.pretrained' must be false (nothing is downloaded)")
-    expected = {"spatial_dims": 2, "in_channels": in_channels, "out_channels": labels}
-    for key, want in expected.items():
-        if _get(net, key, int, f"{where}network_def.") != want:
-            raise BundleError(f"{where}network_def.{key}' must be {want} to match metadata.json")
-    return name, kwargs
-
-
 def load_bundle(path: Path) -> Bundle:
-    """Read and validate the bundle in `path`; raises BundleError naming the file and key."""
+    """Read and validate the bundle in `path` (ours, or a MONAI model-zoo bundle: see
+    docs/models.md); raises BundleError naming the file and key."""
     path = Path(path)
     meta_path = path / METADATA
-    meta = _read_json(meta_path)
+    meta = read_json(meta_path)
     where = f"{meta_path}: '"
-    name = _get(meta, "name", str, where)
-    version = _get(meta, "version", str, where)
-    if not name or not version:
+    name = meta.get("name") or path.name
+    version = get(meta, "version", str, where)
+    if not isinstance(name, str) or not name or not version:
         raise BundleError(f"{meta_path}: 'name' and 'version' must not be empty")
-    sec = _get(meta, SECTION, dict, where)
+    sec = get(meta, SECTION, dict, where) if SECTION in meta else {}
     swhere = f"{where}{SECTION}."
-    labels, thresholds = _labels_and_thresholds(sec, swhere)
-    critical = _critical_findings(sec, labels, swhere)
-    size = _get(sec, "input_size", int, swhere)
-    channels = _get(sec, "in_channels", int, swhere)
-    if not 32 <= size <= 4096 or channels not in (1, 3):
-        raise BundleError(f"{swhere}input_size' must be 32..4096 and 'in_channels' 1 or 3")
-    intensity = _get(sec, "intensity", dict, swhere)
-    mean = float(_get(intensity, "mean", (int, float), f"{swhere}intensity."))
-    std = float(_get(intensity, "std", (int, float), f"{swhere}intensity."))
-    if std <= 0:
-        raise BundleError(f"{swhere}intensity.std' must be positive, got {std}")
-    synthetic = _get(sec, "synthetic_demo", bool, swhere)
-    network_name, kwargs = _network(path / INFERENCE, len(labels), channels)
+    try:
+        config = zoo.read_config(path / INFERENCE)
+        default = zoo_transforms.default_threshold(config.postprocessing, str(path / INFERENCE))
+    except zoo.ZooError as exc:
+        raise BundleError(str(exc)) from exc
+    labels = labels_of(meta, sec, where)
+    own_codes = codes_of(sec, labels, swhere)
+    thresholds = thresholds_of(sec, labels, default or DEFAULT_THRESHOLD, swhere)
+    critical = critical_of(sec, tuple(labels), swhere)
+    network_name, kwargs, channels = network_of(
+        config.network_def, f"{path / INFERENCE}: '", len(labels)
+    )
+    model_input = input_of(sec, config, channels, where, path / INFERENCE)
+    synthetic = get(sec, "synthetic_demo", bool, swhere) if "synthetic_demo" in sec else False
     for required in (WEIGHTS, LICENSE):
         if not (path / required).is_file():
             raise BundleError(f"{path / required}: file missing")
@@ -306,14 +184,16 @@ def load_bundle(path: Path) -> Bundle:
     return Bundle(
         path=path,
         identity=identity,
-        labels=labels,
+        labels=tuple(labels),
         thresholds=thresholds,
-        input_size=size,
-        in_channels=channels,
-        mean=mean,
-        std=std,
+        input_size=model_input.size,
+        in_channels=model_input.channels,
+        mean=model_input.mean,
+        std=model_input.std,
         network_name=network_name,
         network_kwargs=MappingProxyType(kwargs),
+        pipeline=model_input.pipeline,
+        own_codes=MappingProxyType(own_codes),
         critical_findings=MappingProxyType(critical),
     )
 

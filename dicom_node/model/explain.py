@@ -1,4 +1,4 @@
-"""Grad-CAM maps of requested findings (MONAI GradCAM at class_layers.relu), back on the display."""
+"""Grad-CAM maps of requested findings (at a network's last feature maps), back on the display."""
 
 from __future__ import annotations
 
@@ -23,11 +23,9 @@ Map = npt.NDArray[np.float32]
 
 
 class _Head(torch.nn.Module):
-    """The DenseNet's classifier head alone, so Grad-CAM starts from precomputed feature maps.
-
-    Its gradients and activations at class_layers.relu equal those of the whole network, so the
-    maps are the same while each class costs only a pass through the head (features once).
-    """
+    """A network's head alone (`networks.split`), so Grad-CAM starts from precomputed feature
+    maps. Its gradients and activations at the target layer equal those of the whole network,
+    so the maps are the same while each class costs only a pass through the head."""
 
     def __init__(self, class_layers: torch.nn.Module) -> None:
         super().__init__()
@@ -42,9 +40,9 @@ class _Explainer:
     """A GradCAM over a private copy of the head: hooks never touch the inference network."""
 
     def __init__(self, classifier: Classifier) -> None:
-        layers = getattr(classifier.network, "class_layers", None)
-        if not isinstance(layers, torch.nn.Module):
-            raise TypeError("the network has no 'class_layers' module (DenseNet layout expected)")
+        layers = classifier.parts.head
+        if not isinstance(getattr(layers, "relu", None), torch.nn.ReLU):
+            raise TypeError("Grad-CAM of this head needs a ReLU at its start (DenseNet layout)")
         head = _Head(copy.deepcopy(layers)).float().eval()
         head.requires_grad_(False)  # gradients flow to the features only
         # MONAI sets the hooked ReLU to inplace=False itself (full backward hooks need that).
@@ -114,21 +112,23 @@ def maps_from_features(
 ) -> list[dict[int, Map]]:
     """Grad-CAM maps (S, S) of the requested classes from the final feature maps (N, K, h, w).
 
-    A DenseNet head (ReLU, global average pooling, linear) makes Grad-CAM at class_layers.relu
-    the class activation map, ReLU(W_c . ReLU(features)): all classes of the batch in one
-    product on the device. Other heads go through MONAI GradCAM, one class at a time.
+    A head of global average pooling and one linear layer (every network `networks.split`
+    allows: after a ReLU in DenseNets) makes Grad-CAM the class activation map,
+    ReLU(W_c . A) with A the head's input (ReLU'd for a DenseNet): all classes of the batch in
+    one product on the device. Other heads go through MONAI GradCAM, one class at a time.
     """
     _check_request(classifier, features.shape[0], class_indices)
     pairs = [(i, int(c)) for i, indices in enumerate(class_indices) for c in indices]
     result: list[dict[int, Map]] = [{} for _ in class_indices]
     if not pairs:
         return result
-    weight = _linear_head_weight(classifier.network)
-    if weight is None:
+    linear = _linear_head_weight(classifier.parts.head)
+    if linear is None:
         raw = _gradcam_maps(_explainer(classifier), features, pairs)
     else:
+        weight, relu_first = linear
         with torch.no_grad():
-            acts = torch.relu(features.float())
+            acts = torch.relu(features.float()) if relu_first else features.float()
             cams = torch.relu(torch.einsum("ck,nkhw->nchw", weight.float(), acts))
             rows, cols = zip(*pairs, strict=True)
             raw = cams[list(rows), list(cols)][:, None]
@@ -138,20 +138,25 @@ def maps_from_features(
     return result
 
 
-def _linear_head_weight(network: torch.nn.Module) -> torch.Tensor | None:
-    """The class weights (labels, K) when the head is ReLU, global avg pool, flatten, linear."""
-    head = getattr(network, "class_layers", None)
-    parts = [getattr(head, name, None) for name in ("relu", "pool", "flatten", "out")]
-    relu, pool, flat, out = parts
+def _linear_head_weight(head: torch.nn.Module) -> tuple[torch.Tensor, bool] | None:
+    """The class weights (labels, K), and whether a ReLU comes first, when the head is
+    [ReLU], global average pooling, flatten, [dropout], linear; else None."""
+    layers = list(head.children())
+    relu_first = bool(layers) and isinstance(layers[0], torch.nn.ReLU)
+    rest = layers[1:] if relu_first else layers
+    rest = [m for m in rest if not isinstance(m, torch.nn.Dropout)]  # identity in eval mode
+    if len(rest) != 3:
+        return None
+    pool, flat, out = rest
     simple = (
-        isinstance(relu, torch.nn.ReLU)
-        and isinstance(pool, torch.nn.AdaptiveAvgPool2d)
+        isinstance(pool, torch.nn.AdaptiveAvgPool2d)
         and pool.output_size in (1, (1, 1))
         and isinstance(flat, torch.nn.Flatten)
         and isinstance(out, torch.nn.Linear)
-        and len(list(head.children())) == 4  # type: ignore[union-attr]
     )
-    return out.weight.detach() if simple and isinstance(out, torch.nn.Linear) else None
+    return (
+        (out.weight.detach(), relu_first) if simple and isinstance(out, torch.nn.Linear) else None
+    )
 
 
 def _gradcam_maps(
@@ -264,6 +269,8 @@ def map_to_display(cam: Map, letterbox: Letterbox, display_shape: tuple[int, int
     """Undo the letterbox: crop the padding, resize to the display image's shape, keep [0, 1]."""
     if cam.shape != (letterbox.size, letterbox.size):
         raise ValueError(f"map of shape {cam.shape}, letterbox of size {letterbox.size}")
+    if letterbox.transposed:
+        cam = cam.T
     top, left = letterbox.pad_top, letterbox.pad_left
     crop = cam[top : top + letterbox.height, left : left + letterbox.width]
     shown = resize(crop, (int(display_shape[0]), int(display_shape[1])))

@@ -7,6 +7,7 @@ import numpy.typing as npt
 import torch
 
 from dicom_node.model.bundle import Bundle
+from dicom_node.model.networks import split
 
 DEFAULT_MAX_BATCH = 32
 # The batch size a device gets when `max_batch` is not set (bench/RESULTS.md): on a CPU small
@@ -56,6 +57,7 @@ class Classifier:
             # Module.to accepts memory_format at run time; the stubs omit it
             net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.network = net
+        self.parts = split(net)  # trunk (to the Grad-CAM layer) and head, sharing its layers
 
     @property
     def cuda(self) -> bool:
@@ -110,11 +112,8 @@ class Classifier:
         Computed under no_grad (not inference_mode), so callers may use them in autograd.
         """
         self._check(batch)
-        features = getattr(self.network, "features", None)
-        if not isinstance(features, torch.nn.Module):
-            raise TypeError("the network has no 'features' module (DenseNet layout expected)")
         with torch.no_grad():
-            maps = [self._run(features, x).contiguous() for x in self._chunks(batch)]
+            maps = [self._run(self.parts.trunk, x).contiguous() for x in self._chunks(batch)]
         return torch.cat(maps)
 
     def probabilities(self, features: torch.Tensor) -> npt.NDArray[np.float32]:
@@ -122,9 +121,8 @@ class Classifier:
 
         With `features`, one pass through the network serves both probabilities and Grad-CAM.
         """
-        head = getattr(self.network, "class_layers", None)
-        if not isinstance(head, torch.nn.Module):
-            raise TypeError("the network has no 'class_layers' module (DenseNet layout expected)")
         with torch.no_grad():
-            logits: torch.Tensor = head(features.float().clone())  # its ReLU works in place
+            logits: torch.Tensor = self.parts.head(
+                features.float().clone()
+            )  # its ReLU works in place
         return torch.sigmoid(logits).cpu().numpy().astype(np.float32, copy=False)

@@ -18,7 +18,7 @@ from pydicom.uid import UID
 
 from dicom_node.domain import Letterbox
 from dicom_node.errors import PreprocessError
-from dicom_node.model import gdcm12
+from dicom_node.model import gdcm12, zoo_transforms
 
 gdcm12.register()  # 12-bit JPEG Extended without the GPL decoder
 
@@ -29,12 +29,14 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class InputSpec:
-    """The model input a bundle expects: square side, channels, intensity normalisation."""
+    """The model input a bundle expects: square side, channels, intensity normalisation; or
+    the bundle's own preprocessing (`pipeline`), which then decides everything after rendering."""
 
     size: int
     mean: float
     std: float
     channels: int = 1
+    pipeline: zoo_transforms.Pipeline | None = None
 
 
 # ---- DICOM to display ---------------------------------------------------------------------
@@ -264,6 +266,8 @@ def read_display(path: Path) -> Image32:
 
 def prepare(image: Image32, spec: InputSpec) -> tuple[torch.Tensor, Letterbox]:
     """The one path from a display image to the model input, for training and inference."""
+    if spec.pipeline is not None:
+        return zoo_transforms.apply(spec.pipeline, image)
     return to_model_input(
         image, size=spec.size, mean=spec.mean, std=spec.std, channels=spec.channels
     )
