@@ -31,6 +31,27 @@ __all__ = [
 ]
 
 
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelScope:
+    """The images a model reads: SOP classes, modalities, words of the body part (Body Part
+    Examined, else the study, series and protocol descriptions) and views (View Position or the
+    View Code Sequence). The defaults are the chest radiograph model's: frontal chest CR and DX
+    For Presentation. An empty `views` accepts every view."""
+
+    sop_classes: tuple[str, ...] = (CR_STORAGE, DX_PRESENTATION_STORAGE)
+    modalities: tuple[str, ...] = ("CR", "DX")
+    body_parts: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "TORAX")
+    views: tuple[str, ...] = ("PA", "AP")
+
+    def describe(self) -> str:
+        views = "/".join(self.views) or "any view"
+        return f"{'/'.join(self.modalities)} {'/'.join(self.body_parts[:1])} {views}"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Letterbox:
     """How a display image was placed into the square model input.

@@ -30,6 +30,7 @@ from dicom_node.http.side import HttpSide
 from dicom_node.notify import Notifier
 from dicom_node.pipeline.dispatch import DeliveryLanes
 from dicom_node.pipeline.retention import purge_received
+from dicom_node.pipeline.run import Services
 from dicom_node.pipeline.wakeup import NotificationListener, QuietTimers, Wakeup
 from dicom_node.pipeline.worker import Worker
 from dicom_node.settings import Settings
@@ -257,14 +258,19 @@ class Node:
         if self._notifications is not None:
             self._notifications.join(timeout=5)
         if self.services is not None:
-            self.services.batcher.close()
-            if self.services.decode_pool is not None:
-                self.services.decode_pool.close()
+            self._close_services(self.services)
         with self.sessions.begin() as session:
             audit.record(session, Event.NODE_STOP, detail=self._describe())
         if self._forwarder is not None:
             self._forwarder.close()
         self.sessions.kw["bind"].dispose()  # the pool's connections closed, not left to GC
+
+    @staticmethod
+    def _close_services(services: Services) -> None:
+        for route in services.routes:
+            route.batcher.close()
+        if services.decode_pool is not None:
+            services.decode_pool.close()
 
     def __enter__(self) -> Node:
         return self.start()

@@ -126,6 +126,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/dicom-node.db"
     database_timeout_seconds: float = Field(default=8.0, gt=0, le=600)
     model_bundle: Path = Path("models/cxr14-densenet121-demo")
+    model_bundles: tuple[Path, ...] = ()  # further models, each reading the images of its scope
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batch: int | None = Field(default=None, ge=1, le=1024)  # None: 8 on CPU, 256 on CUDA
     max_wait_ms: float = Field(default=10.0, ge=0, le=10_000)
@@ -278,6 +279,12 @@ def _relative_to(folder: Path, values: dict[str, Any]) -> dict[str, Any]:
     for key in PATH_KEYS:
         if isinstance(resolved.get(key), str) and not Path(resolved[key]).is_absolute():
             resolved[key] = os.path.normpath(folder / resolved[key])
+    bundles = resolved.get("model_bundles")
+    if isinstance(bundles, list):
+        resolved["model_bundles"] = [
+            os.path.normpath(folder / b) if isinstance(b, str) and not Path(b).is_absolute() else b
+            for b in bundles
+        ]
     url = resolved.get("database_url")
     if isinstance(url, str) and url.startswith(SQLITE) and url != SQLITE + ":memory:":
         database = Path(url.removeprefix(SQLITE))

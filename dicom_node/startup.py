@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from sqlalchemy.engine import make_url
@@ -21,7 +22,7 @@ from dicom_node.model.bundle import Bundle, BundleError, load_bundle
 from dicom_node.model.decode_pool import DecodePool
 from dicom_node.model.infer import Classifier, batch_size_for, resolve_device
 from dicom_node.notify import critical_thresholds
-from dicom_node.pipeline.run import Services
+from dicom_node.pipeline.run import ModelRoute, Services
 from dicom_node.settings import Settings
 from dicom_node.store.database import open_database
 from dicom_node.store.spool import Spool, write_atomic
@@ -42,13 +43,23 @@ def build_services(
         device,
         max_batch,
     )
+    more = tuple(
+        _route(path, settings, device, max_batch, [bundle.identity.name])
+        for path in settings.model_bundles
+    )
+    names = [bundle.identity.name, *(r.bundle.identity.name for r in more)]
+    if len(set(names)) != len(names):
+        raise StartupError(
+            f"model bundles must have different names, got {names}: rename one in its "
+            "configs/metadata.json"
+        )
     return Services(
         settings=settings,
         sessions=sessions,
         spool=Spool(settings.spool_dir),
         bundle=bundle,
         batcher=BatchingClassifier(
-            _classifier(bundle, device, settings, max_batch),
+            _classifier(bundle, device, settings.model_bundle, max_batch),
             max_batch=max_batch,
             max_wait_ms=settings.max_wait_ms,
         ),
@@ -59,6 +70,30 @@ def build_services(
             else None
         ),
         critical=critical_of(settings, bundle),
+        more_models=more,
+    )
+
+
+def _route(
+    path: Path, settings: Settings, device: torch.device, max_batch: int, names: list[str]
+) -> ModelRoute:
+    """A further model: its bundle (and scope), classifier and the critical findings its
+    bundle lists (the site's critical_findings apply to the first model)."""
+    bundle = _load_bundle(path, "model_bundles")
+    log.info(
+        "model %s %s also serves %s",
+        bundle.identity.name,
+        bundle.identity.version,
+        bundle.scope.describe(),
+    )
+    return ModelRoute(
+        bundle=bundle,
+        batcher=BatchingClassifier(
+            _classifier(bundle, device, path, max_batch),
+            max_batch=max_batch,
+            max_wait_ms=settings.max_wait_ms,
+        ),
+        critical=MappingProxyType(dict(bundle.critical_findings)),
     )
 
 
@@ -72,30 +107,30 @@ def critical_of(settings: Settings, bundle: Bundle) -> Mapping[str, float]:
         raise StartupError(str(exc)) from exc
 
 
-def _load_model(settings: Settings) -> tuple[Bundle, torch.device]:
-    path = settings.model_bundle
+def _load_bundle(path: Path, setting: str) -> Bundle:
     try:
-        bundle = load_bundle(path)
+        return load_bundle(path)
     except BundleError as exc:
         raise StartupError(
-            f"model bundle {path} is missing or invalid ({exc}): set model_bundle to a MONAI "
+            f"model bundle {path} is missing or invalid ({exc}): set {setting} to a MONAI "
             "bundle folder (models/<name>, see the README)"
         ) from exc
+
+
+def _load_model(settings: Settings) -> tuple[Bundle, torch.device]:
+    bundle = _load_bundle(settings.model_bundle, "model_bundle")
     try:
         return bundle, resolve_device(settings.device)
     except ValueError as exc:
         raise StartupError(f'{exc}: set device = "cpu" or "auto"') from exc
 
 
-def _classifier(
-    bundle: Bundle, device: torch.device, settings: Settings, max_batch: int
-) -> Classifier:
+def _classifier(bundle: Bundle, device: torch.device, path: Path, max_batch: int) -> Classifier:
     try:
         return Classifier(bundle, device, max_batch=max_batch)
     except BundleError as exc:
         raise StartupError(
-            f"model bundle {settings.model_bundle} cannot be loaded ({exc}): check its "
-            "models/model.pt and configs"
+            f"model bundle {path} cannot be loaded ({exc}): check its models/model.pt and configs"
         ) from exc
 
 

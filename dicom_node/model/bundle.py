@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from dicom_node.domain import ModelScope
 from dicom_node.model import networks, zoo, zoo_transforms
 from dicom_node.model.bundle_section import (
     DEFAULT_THRESHOLD,
@@ -25,6 +26,7 @@ from dicom_node.model.bundle_section import (
     labels_of,
     network_of,
     read_json,
+    scope_of,
     thresholds_of,
 )
 from dicom_node.model.preprocess import InputSpec
@@ -55,6 +57,8 @@ class Bundle:
     network_kwargs: Mapping[str, Any] = field(default_factory=dict)
     # the bundle's own preprocessing; None: the node's letterbox and (x - mean) / std
     pipeline: zoo_transforms.Pipeline | None = None
+    # the images it reads (its `serves`; default: frontal chest CR and DX)
+    scope: ModelScope = field(default_factory=ModelScope)
     # label -> its coded concept where the bundle gives one (labels outside codes.py)
     own_codes: Mapping[str, Concept] = field(default_factory=dict)
     # label -> critical threshold: a study at or above one raises a critical-finding notification
@@ -193,6 +197,7 @@ def load_bundle(path: Path) -> Bundle:
         network_name=network_name,
         network_kwargs=MappingProxyType(kwargs),
         pipeline=model_input.pipeline,
+        scope=scope_of(sec, swhere),
         own_codes=MappingProxyType(own_codes),
         critical_findings=MappingProxyType(critical),
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicom_node.domain import ModelScope
 from dicom_node.model import networks, zoo, zoo_transforms
 from structured_reports.codes import FINDING_CODES, Concept
 
@@ -281,3 +282,29 @@ def input_of(
     if not 32 <= pipeline.size <= 4096:
         raise BundleError(f"{inference}: the preprocessing's size must be 32..4096")
     return ModelInput(size=pipeline.size, channels=channels, pipeline=pipeline)
+
+
+_SCOPE_KEYS = ("sop_classes", "modalities", "body_parts", "views")
+
+
+def scope_of(sec: Mapping[str, Any], where: str) -> ModelScope:
+    """The images the bundle serves (`serves`: sop_classes, modalities, body_parts, views, each
+    a list of strings); what is not given keeps the chest radiograph default."""
+    if "serves" not in sec:
+        return ModelScope()
+    serves = get(sec, "serves", dict, where)
+    unknown = sorted(set(serves) - set(_SCOPE_KEYS))
+    if unknown:
+        raise BundleError(f"{where}serves' has unknown keys {unknown}; known: {list(_SCOPE_KEYS)}")
+    values: dict[str, tuple[str, ...]] = {}
+    for key in _SCOPE_KEYS:
+        if key not in serves:
+            continue
+        items = get(serves, key, list, f"{where}serves.")
+        if not all(isinstance(v, str) and v.strip() for v in items) or (
+            key != "views" and not items
+        ):
+            raise BundleError(f"{where}serves.{key}' must be a list of non-empty strings")
+        upper = key in ("modalities", "body_parts", "views")
+        values[key] = tuple(v.strip().upper() if upper else v.strip() for v in items)
+    return ModelScope(**values)

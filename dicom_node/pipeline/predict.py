@@ -86,7 +86,7 @@ def predict(services: Services, data: bytes, filename: str | None = None) -> Pre
             prepared = _prepare_dicom(services, path, name)
         else:
             prepared = _prepare_image(services, path, name)
-        [result] = analyse(services, [prepared])
+        [result] = analyse(services.routes[0], [prepared])
     return _prediction(services, kind, prepared, result)
 
 

@@ -31,15 +31,20 @@ def record_results(
     files: Sequence[ResultFile],
     destinations: Sequence[Destination],
     model: str,
+    first: bool = True,
 ) -> list[int]:
-    """Write the rows of one analysis within the caller's unit of work; return the ids of the
-    deliveries to make."""
-    session.execute(delete(Result).where(Result.job_id == job_id))
-    session.execute(delete(Skip).where(Skip.job_id == job_id))
-    skipped = list(study.skipped) if study else []
+    """Write the rows of one model's analysis within the caller's unit of work; return the ids
+    of the deliveries to make. `first`: the job's first model, which records the study's skips
+    (a later model's SR names the same ones); an earlier attempt's rows are replaced."""
     if study is not None:
+        session.execute(
+            delete(Result).where(Result.job_id == job_id, Result.model_name == study.model.name)
+        )
         _add_findings(session, job_id, study)
-    _add_skips(session, job_id, study_instance_uid, [*skipped, *others], model)
+    skipped = list(study.skipped) if study else []
+    if first:
+        session.execute(delete(Skip).where(Skip.job_id == job_id))
+        _add_skips(session, job_id, study_instance_uid, [*skipped, *others], model)
     for file in files:
         if file.kind == "kos":
             record_withdrawal(session, job_id, file)
@@ -52,6 +57,7 @@ def record_results(
                 path=file.path,
                 content_digest=file.content_digest,
                 predecessor=file.predecessor,
+                model_name=study.model.name if study is not None else None,
             )
     return plan_deliveries(session, job_id, study_instance_uid, files, destinations)
 

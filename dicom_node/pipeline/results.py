@@ -85,7 +85,9 @@ def write_result(spool: Spool, ds: Dataset) -> Path:
 def choose_sr(session: Session, spool: Spool, study: StudyResult, job: JobContext) -> ResultFile:
     """The SR this analysis sends: this job's earlier one, the newest one when it states the
     same, or a new version (see the module docstring)."""
-    history = objects.of_study(session, study.study_instance_uid, kind="sr")
+    history = objects.of_study(
+        session, study.study_instance_uid, kind="sr", model_name=study.model.name
+    )
     own = objects.live(r for r in history if r.job_id == job.job_id)
     if own:
         return _reused(own[-1])
@@ -206,17 +208,19 @@ def choose_results(
     sr = choose_sr(session, spool, study, job)
     files = [sr, *choose_scs(session, spool, study, sc_choices)]
     if sr.new and sr.predecessor:
-        replaced = superseded(session, study.study_instance_uid, files)
+        replaced = superseded(session, study, files)
         if replaced:
             files.append(rejection_note(session, spool, study.study_instance_uid, replaced))
     else:
-        files += _own_notes(session, study.study_instance_uid, job.job_id)
+        files += _own_notes(session, study, job.job_id)
     return files
 
 
-def _own_notes(session: Session, study_instance_uid: str, job_id: int) -> list[ResultFile]:
-    """The rejection notes an earlier attempt of this job made (a re-run sends them again)."""
-    rows = objects.of_study(session, study_instance_uid)
+def _own_notes(session: Session, study: StudyResult, job_id: int) -> list[ResultFile]:
+    """The rejection notes an earlier attempt of this job made for this model's results (a
+    re-run sends them again)."""
+    rows = objects.of_study(session, study.study_instance_uid, model_name=study.model.name)
+    withdrawing = {r.retracted_by for r in rows if r.kind != "kos"}
     return [
         ResultFile(
             kind="kos",
@@ -228,18 +232,22 @@ def _own_notes(session: Session, study_instance_uid: str, job_id: int) -> list[R
                 r.sop_instance_uid for r in rows if r.retracted_by == note.sop_instance_uid
             ),
         )
-        for note in objects.live(r for r in rows if r.kind == "kos" and r.job_id == job_id)
+        for note in objects.live(
+            r
+            for r in rows
+            if r.kind == "kos" and r.job_id == job_id and r.sop_instance_uid in withdrawing
+        )
     ]
 
 
-def superseded(
-    session: Session, study_instance_uid: str, keep: list[ResultFile]
-) -> list[ResultObject]:
-    """The live SRs and SCs of the study that a new version leaves out (to be withdrawn)."""
+def superseded(session: Session, study: StudyResult, keep: list[ResultFile]) -> list[ResultObject]:
+    """The live SRs and SCs of the study's results by the same model that a new version leaves
+    out (to be withdrawn); other models' results stand."""
     kept = {f.sop_instance_uid for f in keep}
+    rows = objects.of_study(session, study.study_instance_uid, model_name=study.model.name)
     return [
         row
-        for row in objects.live(objects.of_study(session, study_instance_uid))
+        for row in objects.live(rows)
         if row.kind in ("sr", "sc") and row.sop_instance_uid not in kept
     ]
 

@@ -1,8 +1,9 @@
 """The pipeline of one study, in one place:
 
-load sources -> images apart from other objects -> select images -> preprocess -> infer
--> explain (Grad-CAM) -> report: choose the SR (reuse or new version) and SCs, withdraw what a new
-version replaces -> record results, objects and deliveries -> send -> job done | skipped
+load sources -> images apart from other objects -> select images (for each model, by its scope)
+-> per model that reads some: preprocess -> infer -> explain (Grad-CAM) -> report: choose the SR
+(reuse or new version) and SCs, withdraw what a new version replaces -> record results, objects
+and deliveries -> send -> job done | skipped
 
 A job that fails for good still reports (`report_failure`): an SR saying that the study could not
 be analysed and why, for every image of it.
@@ -28,6 +29,7 @@ from dicom_node.domain import (
     FindingResult,
     ImageResult,
     JobOutcome,
+    ModelScope,
     PreparedImage,
     SkippedImage,
     SourceImage,
@@ -44,7 +46,7 @@ from dicom_node.pipeline.deliver import deliver
 from dicom_node.pipeline.dispatch import DeliveryLanes, schedule_of
 from dicom_node.pipeline.record import record_results
 from dicom_node.pipeline.results import JobContext, ResultFile, choose_results
-from dicom_node.pipeline.selection import is_image, skip_reason
+from dicom_node.pipeline.selection import CXR_SCOPE, is_image, skip_reason
 from dicom_node.settings import Settings
 from dicom_node.store.database import reading
 from dicom_node.store.jobs import ClaimedJob
@@ -56,8 +58,30 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class ModelRoute:
+    """One model the node serves: its bundle (with the scope of images it reads), its batching
+    classifier and the critical findings in force for it."""
+
+    bundle: Bundle
+    batcher: BatchingClassifier
+    critical: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return model_label(self.bundle)
+
+
+def model_label(bundle: Bundle) -> str:
+    """How logs and audit rows name a model: name, version, weights digest, demo flag."""
+    identity = bundle.identity
+    label = f"{identity.name} {identity.version} sha256:{identity.weights_sha256[:12]}"
+    return f"{label} (synthetic demo model)" if identity.synthetic_demo else label
+
+
+@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
 class Services:
-    """What a worker needs, built once per process and passed explicitly."""
+    """What a worker needs, built once per process and passed explicitly. `bundle`, `batcher`
+    and `critical` are the first model's; `more_models` the others the node serves."""
 
     settings: Settings
     sessions: sessionmaker[Session]
@@ -69,42 +93,101 @@ class Services:
     lanes: DeliveryLanes | None = None  # None: the job sends its results itself
     critical: Mapping[str, float] = field(default_factory=dict)  # critical findings in force
     notify_wake: threading.Event | None = None  # set once a job has planned notifications
+    more_models: tuple[ModelRoute, ...] = ()
 
     @property
     def model_label(self) -> str:
-        identity = self.bundle.identity
-        label = f"{identity.name} {identity.version} sha256:{identity.weights_sha256[:12]}"
-        return f"{label} (synthetic demo model)" if identity.synthetic_demo else label
+        return model_label(self.bundle)
+
+    @property
+    def routes(self) -> tuple[ModelRoute, ...]:
+        """Every model the node serves, the first model first."""
+        first = ModelRoute(bundle=self.bundle, batcher=self.batcher, critical=self.critical)
+        return (first, *self.more_models)
 
 
 def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:
-    """Analyse one study and deliver its results; each stage is a plain function below."""
+    """Analyse one study with each model that reads some of its images, and deliver the
+    results (one SR per model); each stage is a plain function below."""
     sources = load_sources(ctx.sessions, job.study_instance_uid)
     images, others = separate_images(sources)
-    eligible, skipped = select_images(images, ctx.settings.require_view_position)
-    with metrics.timed("decode"):
-        prepared, unreadable = prepare_images(
-            eligible,
-            ctx.bundle,
-            ctx.settings.sc_max_side,
-            ctx.decode_pool,
-            max_pixels=ctx.settings.max_decoded_pixels,
+    plan, skipped = route_images(images, ctx.routes, ctx.settings.require_view_position)
+    outcomes = []
+    for k, (route, eligible) in enumerate(plan):
+        with metrics.timed("decode"):
+            prepared, unreadable = prepare_images(
+                eligible,
+                route.bundle,
+                ctx.settings.sc_max_side,
+                ctx.decode_pool,
+                max_pixels=ctx.settings.max_decoded_pixels,
+            )
+        analysed = analyse(route, prepared)  # inference and gradcam: timed by the batcher
+        if analysed:
+            metrics.count_findings(
+                [f.label for f in analysed[0].findings],
+                {f.label for image in analysed for f in image.present},
+            )
+        outcomes.append(
+            report(
+                ctx,
+                job,
+                analysed,
+                [*skipped, *unreadable],
+                others if k == 0 else (),
+                route=route,
+                first=k == 0,
+            )
         )
-    analysed = analyse(ctx, prepared)  # the inference and gradcam stages: timed by the batcher
-    if analysed:
-        metrics.count_findings(
-            [f.label for f in analysed[0].findings],
-            {f.label for image in analysed for f in image.present},
-        )
-    return report(ctx, job, analysed, [*skipped, *unreadable], others)
+    return combine(plan, outcomes)
+
+
+def route_images(
+    images: list[SourceImage], routes: Sequence[ModelRoute], require_view_position: bool
+) -> tuple[list[tuple[ModelRoute, list[SourceImage]]], list[SkippedImage]]:
+    """Each model with the images of its scope (only models that read some; the first model
+    with none when no model reads any), and the images no model reads, each with why."""
+    plan = []
+    read: set[int] = set()
+    reasons: dict[int, list[str]] = {id(s.header): [] for s in images}
+    for route in routes:
+        eligible, skipped = select_images(images, require_view_position, route.bundle.scope)
+        if eligible:
+            plan.append((route, eligible))
+            read |= {id(s.header) for s in eligible}
+        for item in skipped:
+            reasons[id(item.source)].append(
+                item.reason if len(routes) == 1 else f"{route.bundle.identity.name}: {item.reason}"
+            )
+    unread = [
+        SkippedImage(source=s.header, reason="; ".join(reasons[id(s.header)]))
+        for s in images
+        if id(s.header) not in read
+    ]
+    return plan or [(routes[0], [])], unread
+
+
+def combine(
+    plan: Sequence[tuple[ModelRoute, list[SourceImage]]], outcomes: Sequence[JobOutcome]
+) -> JobOutcome:
+    """The job's outcome: done when some model analysed images; each model's detail named
+    where there are several."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    state = "done" if any(o.state == "done" for o in outcomes) else outcomes[0].state
+    detail = " | ".join(
+        f"{route.bundle.identity.name}: {o.detail}"
+        for (route, _), o in zip(plan, outcomes, strict=True)
+    )
+    return JobOutcome(state=state, detail=detail)
 
 
 def report_failure(ctx: Services, job: ClaimedJob, reason: str) -> JobOutcome:
-    """The SR of a study whose analysis failed for good: every image not analysed, with why.
-    It replaces no earlier result."""
+    """The SR of a study whose analysis failed for good (by the first model): every image not
+    analysed, with why. It replaces no earlier result."""
     images, others = separate_images(load_sources(ctx.sessions, job.study_instance_uid))
     skipped = [SkippedImage(source=s.header, reason=f"analysis failed: {reason}") for s in images]
-    return report(ctx, job, [], skipped, others, failure=reason)
+    return report(ctx, job, [], skipped, others, route=ctx.routes[0], failure=reason)
 
 
 def report(
@@ -114,18 +197,21 @@ def report(
     skipped: Sequence[SkippedImage],
     others: Sequence[SkippedImage],
     *,
+    route: ModelRoute,
+    first: bool = True,
     failure: str | None = None,
 ) -> JobOutcome:
-    """Choose, write, record and send the study's result objects; how the job ended."""
+    """Choose, write, record and send one model's result objects for the study; how that
+    ended. `first`: the job's first report, which records the study's skips."""
     if not analysed and not skipped:
         return _nothing_to_report(ctx, job, others)
     study = StudyResult(
         study_instance_uid=job.study_instance_uid,
-        model=ctx.bundle.identity,
+        model=route.bundle.identity,
         images=tuple(analysed),
         skipped=tuple(skipped),
         failure=failure,
-        critical=ctx.critical,
+        critical=route.critical,
     )
     context = JobContext(job_id=job.id, reprocess=job.reason == "reprocess", replaces=not failure)
     # Encoding takes a while: on a read-only snapshot, so that C-STORE commits go on meanwhile.
@@ -140,7 +226,8 @@ def report(
             others=others,
             files=files,
             destinations=ctx.settings.destinations,
-            model=ctx.model_label,
+            model=route.label,
+            first=first,
         )
         planned = plan_critical(session, ctx, job, study, files)
     if planned and ctx.notify_wake is not None:
@@ -151,7 +238,7 @@ def report(
         ctx.sessions,
         ctx.sender,
         delivery_ids,
-        model=ctx.model_label,
+        model=route.label,
         destinations=ctx.settings.destinations,
         schedule=schedule_of(ctx.settings),
     )
@@ -176,7 +263,7 @@ def plan_critical(
         study=study,
         sr_sop_instance_uid=sr.sop_instance_uid,
         header=study.images[0].source,
-        critical=ctx.critical,
+        critical=study.critical,
         settings=ctx.settings,
     )
 
@@ -225,14 +312,14 @@ def separate_images(
 
 
 def select_images(
-    sources: list[SourceImage], require_view_position: bool
+    sources: list[SourceImage], require_view_position: bool, scope: ModelScope = CXR_SCOPE
 ) -> tuple[list[SourceImage], list[SkippedImage]]:
-    """The images the model may read, and every other image with its reason."""
+    """The images a model of `scope` may read, and every other image with its reason."""
     eligible: list[SourceImage] = []
     skipped: list[SkippedImage] = []
     for source in sources:
         try:
-            reason = skip_reason(source.header, require_view_position=require_view_position)
+            reason = skip_reason(source.header, scope, require_view_position=require_view_position)
         except (ValueError, TypeError) as exc:  # a malformed value: this image only
             reason = f"header: {exc}"
         if reason is None:
@@ -272,14 +359,14 @@ def prepare_images(
     return prepared, skipped
 
 
-def analyse(ctx: Services, prepared: list[PreparedImage]) -> list[ImageResult]:
-    """Classify the images (batched with other studies' by the batcher) and Grad-CAM the
-    findings above threshold."""
+def analyse(route: ModelRoute, prepared: list[PreparedImage]) -> list[ImageResult]:
+    """Classify the images with the route's model (batched with other studies' by its batcher)
+    and Grad-CAM the findings above threshold."""
     if not prepared:
         return []
-    bundle = ctx.bundle
+    bundle = route.bundle
     batch = torch.stack([torch.from_numpy(p.model_input) for p in prepared])
-    analysis = ctx.batcher.analyse(batch)
+    analysis = route.batcher.analyse(batch)
     return [
         ImageResult(
             source=p.header,

@@ -1,5 +1,6 @@
-"""Select: which images of a study the model may read (frontal chest CR and DX For Presentation).
-Every other image gets a reason, recorded as a skip; nothing is dropped silently.
+"""Select: which images of a study a model may read, by its scope (`domain.ModelScope`; the
+chest radiograph model's: frontal chest CR and DX For Presentation). Every other image gets a
+reason, recorded as a skip; nothing is dropped silently.
 
 The view is read from View Position (0018,5101) or, where a modality states it only as a code,
 from the View Code Sequence (0054,0220; CID 4010 DX View). DX For Processing images are skipped:
@@ -11,17 +12,11 @@ the modality sends the For Presentation image of the same exposure, which is ana
 from __future__ import annotations
 
 from pydicom import Dataset
-from pydicom.uid import (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-)
+from pydicom.uid import DigitalXRayImageStorageForProcessing
 
-READ_CLASSES = frozenset(
-    {str(ComputedRadiographyImageStorage), str(DigitalXRayImageStorageForPresentation)}
-)
-FRONTAL_VIEWS = frozenset({"PA", "AP"})
-CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "TORAX")
+from dicom_node.domain import ModelScope
+
+CXR_SCOPE = ModelScope()
 # CID 4010 DX View: SNOMED CT and the legacy SNOMED RT codes of the frontal and lateral views.
 VIEW_CODES = {
     ("SCT", "272479007"): "PA",
@@ -41,13 +36,16 @@ def is_image(ds: Dataset) -> bool:
     return "Rows" in ds and "Columns" in ds
 
 
-def skip_reason(ds: Dataset, *, require_view_position: bool = True) -> str | None:
-    """None when `ds` is a frontal chest radiograph the model may read, else the reason why not."""
+def skip_reason(
+    ds: Dataset, scope: ModelScope = CXR_SCOPE, *, require_view_position: bool = True
+) -> str | None:
+    """None when `ds` is an image of the model's `scope` (by default a frontal chest
+    radiograph), else the reason why not."""
     for check in (_sop_class, _modality, _pixels, _body_part):
-        reason = check(ds)
+        reason = check(ds, scope)
         if reason:
             return reason
-    return _view(ds, require_view_position)
+    return _view(ds, scope, require_view_position)
 
 
 def stated_view(ds: Dataset) -> str:
@@ -65,24 +63,28 @@ def stated_view(ds: Dataset) -> str:
     return ""
 
 
-def _sop_class(ds: Dataset) -> str | None:
+def _sop_class(ds: Dataset, scope: ModelScope) -> str | None:
     sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class in scope.sop_classes:
+        return None
     if sop_class == str(DigitalXRayImageStorageForProcessing):
         return (
             "DX For Processing: raw detector values not meant for display; the For Presentation "
             "image of the exposure is the one analysed"
         )
-    if sop_class not in READ_CLASSES:
+    if scope == CXR_SCOPE:
         return f"SOP class {sop_class or '(none)'} is not CR or DX image storage"
-    return None
+    return f"SOP class {sop_class or '(none)'} is not one the model reads"
 
 
-def _modality(ds: Dataset) -> str | None:
+def _modality(ds: Dataset, scope: ModelScope) -> str | None:
     modality = str(ds.get("Modality", ""))
-    return None if modality in {"CR", "DX"} else f"modality {modality or '(none)'} is not CR or DX"
+    if modality in scope.modalities:
+        return None
+    return f"modality {modality or '(none)'} is not {' or '.join(scope.modalities)}"
 
 
-def _pixels(ds: Dataset) -> str | None:
+def _pixels(ds: Dataset, scope: ModelScope) -> str | None:
     if _integer(ds, "NumberOfFrames", 1) > 1:
         return "multi-frame images are not supported"
     if _integer(ds, "SamplesPerPixel", 1) != 1:
@@ -101,26 +103,29 @@ def _integer(ds: Dataset, keyword: str, default: int) -> int:
         raise ValueError(f"{keyword} {value!r} is not a number") from exc
 
 
-def _body_part(ds: Dataset) -> str | None:
+def _body_part(ds: Dataset, scope: ModelScope) -> str | None:
+    words, name = scope.body_parts, scope.body_parts[0].lower() if scope.body_parts else ""
     body_part = str(ds.get("BodyPartExamined", "")).upper()
     if body_part:
         return (
-            None
-            if any(w in body_part for w in CHEST_WORDS)
-            else f"body part {body_part} is not chest"
+            None if any(w in body_part for w in words) else f"body part {body_part} is not {name}"
         )
     described = " ".join(
         str(ds.get(k, "")) for k in ("StudyDescription", "SeriesDescription", "ProtocolName")
     ).upper()
-    return None if any(w in described for w in CHEST_WORDS) else "body part not stated as chest"
+    return None if any(w in described for w in words) else f"body part not stated as {name}"
 
 
-def _view(ds: Dataset, require_view_position: bool) -> str | None:
-    view = stated_view(ds)
-    if view in FRONTAL_VIEWS:
+def _view(ds: Dataset, scope: ModelScope, require_view_position: bool) -> str | None:
+    if not scope.views:
         return None
+    view = stated_view(ds)
+    if view in scope.views:
+        return None
+    wanted = " or ".join(scope.views)
+    kind = "frontal " if scope.views == CXR_SCOPE.views else ""
     if view:
-        return f"view position {view} is not frontal (PA or AP)"
+        return f"view position {view} is not {kind}({wanted})"
     if require_view_position:
-        return "view position not stated (View Position or View Code Sequence: PA or AP required)"
+        return f"view position not stated (View Position or View Code Sequence: {wanted} required)"
     return None

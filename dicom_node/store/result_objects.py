@@ -16,12 +16,21 @@ from dicom_node.store.schema import ResultObject, utcnow
 
 
 def of_study(
-    session: Session, study_instance_uid: str, kind: str | None = None
+    session: Session,
+    study_instance_uid: str,
+    kind: str | None = None,
+    *,
+    model_name: str | None = None,
 ) -> list[ResultObject]:
-    """The study's result objects (of one `kind`: sr, sc or kos), oldest first."""
+    """The study's result objects (of one `kind`: sr, sc or kos; of one model's results, with
+    the rows that name no model), oldest first."""
     query = select(ResultObject).where(ResultObject.study_instance_uid == study_instance_uid)
     if kind is not None:
         query = query.where(ResultObject.kind == kind)
+    if model_name is not None:
+        query = query.where(
+            (ResultObject.model_name == model_name) | ResultObject.model_name.is_(None)
+        )
     return list(session.scalars(query.order_by(ResultObject.id)).all())
 
 
@@ -67,6 +76,7 @@ def add(
     path: Path,
     content_digest: str | None = None,
     predecessor: str | None = None,
+    model_name: str | None = None,
 ) -> None:
     """Record an object written for the first time (within the caller's unit of work)."""
     if find(session, str(ds.SOPInstanceUID)) is not None:
@@ -84,6 +94,7 @@ def add(
             predecessor_sop_instance_uid=predecessor,
             path=str(path),
             created_at=utcnow(),
+            model_name=model_name,
         )
     )
     session.flush()

@@ -273,6 +273,8 @@ class ResultObject(Base):
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     retracted_by: Mapped[str | None] = mapped_column(UID, nullable=True)
+    # the model whose result an SR or SC states (a new version replaces only its own model's)
+    model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class AuditEvent(Base):
