@@ -22,7 +22,8 @@ from dicom_node.model.bundle import Bundle, BundleError, load_bundle
 from dicom_node.model.decode_pool import DecodePool
 from dicom_node.model.infer import Classifier, batch_size_for, resolve_device
 from dicom_node.notify import critical_thresholds
-from dicom_node.pipeline.run import ModelRoute, Services
+from dicom_node.pipeline.routes import ModelRoute
+from dicom_node.pipeline.run import Services
 from dicom_node.settings import Settings
 from dicom_node.store.database import open_database
 from dicom_node.store.spool import Spool, write_atomic

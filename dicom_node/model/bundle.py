@@ -51,8 +51,8 @@ class Bundle:
     thresholds: tuple[float, ...]
     input_size: int
     in_channels: int
-    mean: float
-    std: float
+    mean: float | tuple[float, ...]
+    std: float | tuple[float, ...]
     network_name: str = "DenseNet121"
     network_kwargs: Mapping[str, Any] = field(default_factory=dict)
     # the bundle's own preprocessing; None: the node's letterbox and (x - mean) / std

@@ -8,9 +8,9 @@ modules under `denselayerN.layers.` and the head at `class_layers.out`. Keys are
 `num_batches_tracked` counters (checkpoints older than PyTorch 0.4.1) filled with 0.
 
 Per-channel normalisation (ImageNet's mean and std on a grey image copied into three channels) is
-folded into the first convolution and BatchNorm, since the node normalises every channel alike
-(preprocess.InputSpec has one mean and one std): exact away from the image border, where the first
-convolution's zero padding sees a different constant (docs/models.md, "Per-channel normalisation").
+written as given: `preprocess.InputSpec` normalises each channel with its own mean and std, so
+the imported network sees exactly the input it was trained on, and its weights are the
+checkpoint's unchanged.
 """
 
 from __future__ import annotations
@@ -179,39 +179,6 @@ def network_of(state: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
     return "DenseNet", {**kwargs, **shape, "block_config": list(block_config)}
 
 
-# ---- normalisation --------------------------------------------------------------------------
-
-
-def fold_normalisation(
-    state: Mapping[str, torch.Tensor], norm: Normalisation
-) -> tuple[dict[str, torch.Tensor], float, float]:
-    """Weights that take the node's one-mean-one-std input in place of per-channel normalisation,
-    and that mean and std. Equal values per channel change nothing.
-
-    Input channel c was (x - m_c) / s_c; the node gives x' = (x - m) / s on every channel, and
-    (x - m_c) / s_c = (s / s_c) x' + (m - m_c) / s_c. The scale goes into conv0's weights (exact);
-    the offset, a constant after conv0 where its kernel sees no padding, into norm0's running mean.
-    m is the least-squares choice that makes the offset term, the part the zero padding changes,
-    smallest; s is the channels' mean std.
-    """
-    conv0 = state["features.conv0.weight"]
-    means, stds = norm.per_channel(int(conv0.shape[1]))
-    if len(set(means)) == 1 and len(set(stds)) == 1:
-        return dict(state), means[0], stds[0]
-    w = conv0.double()
-    m_c = torch.tensor(means, dtype=torch.float64).view(1, -1, 1, 1)
-    s_c = torch.tensor(stds, dtype=torch.float64).view(1, -1, 1, 1)
-    a, b = (w / s_c).sum(1), (w * m_c / s_c).sum(1)
-    mean = float((a * b).sum() / (a * a).sum())
-    std = float(s_c.mean())
-    offset = (w * (mean - m_c) / s_c).sum((1, 2, 3))
-    folded = dict(state)
-    folded["features.conv0.weight"] = (w * std / s_c).to(conv0.dtype)
-    running = state["features.norm0.running_mean"]
-    folded["features.norm0.running_mean"] = (running.double() - offset).to(running.dtype)
-    return folded, mean, std
-
-
 # ---- the bundle -----------------------------------------------------------------------------
 
 
@@ -280,8 +247,10 @@ def import_checkpoint(checkpoint: Path, out: Path, request: ImportRequest) -> Bu
         net.load_state_dict(state, strict=True)  # the shapes fit before anything is written
     except RuntimeError as exc:
         raise BundleError(f"{checkpoint}: weights do not fit MONAI's {network}: {exc}") from exc
-    folded, mean, std = fold_normalisation(state, request.normalisation)
     channels = kwargs["in_channels"]
+    means, stds = request.normalisation.per_channel(channels)
+    mean = means[0] if len(set(means)) == 1 else means
+    std = stds[0] if len(set(stds)) == 1 else stds
     card = Card(
         name=request.name or f"{_slug(checkpoint)}-{network.lower()}",
         version=request.version or f"1.0.0+{source_sha[:12]}",
@@ -304,6 +273,6 @@ def import_checkpoint(checkpoint: Path, out: Path, request: ImportRequest) -> Bu
         out,
         metadata=_metadata(request, card, source, request.normalisation),
         network_def={"_target_": f"monai.networks.nets.{network}", **kwargs},
-        state_dict=folded,
+        state_dict=state,
         license_text=_license(request, card, source),
     )

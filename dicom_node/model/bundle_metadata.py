@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dicom_node.model.bundle import SECTION, code_entry
-from dicom_node.model.preprocess import InputSpec
+from dicom_node.model.preprocess import InputSpec, per_channel
 
 MONAI_SCHEMA = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
@@ -47,7 +47,7 @@ def _data_format(card: Card) -> dict[str, Any]:
                 "num_channels": spec.channels,
                 "spatial_shape": [spec.size, spec.size],
                 "dtype": "float32",
-                "value_range": [(0 - spec.mean) / spec.std, (1 - spec.mean) / spec.std],
+                "value_range": _value_range(spec),
                 "is_patch_data": False,
                 "channel_def": {str(i): "display image" for i in range(spec.channels)},
             }
@@ -67,6 +67,18 @@ def _data_format(card: Card) -> dict[str, Any]:
     }
 
 
+def _value_range(spec: InputSpec) -> list[float]:
+    """The model input's range for display values in [0, 1], over all channels."""
+    means, stds = per_channel(spec.mean, spec.channels), per_channel(spec.std, spec.channels)
+    lows = [(0 - m) / s for m, s in zip(means, stds, strict=True)]
+    highs = [(1 - m) / s for m, s in zip(means, stds, strict=True)]
+    return [min(lows), max(highs)]
+
+
+def _intensity(value: float | tuple[float, ...]) -> float | list[float]:
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _section(card: Card) -> dict[str, Any]:
     return {
         "labels": list(card.labels),
@@ -76,7 +88,7 @@ def _section(card: Card) -> dict[str, Any]:
         "activation": "sigmoid",
         "input_size": card.spec.size,
         "in_channels": card.spec.channels,
-        "intensity": {"mean": card.spec.mean, "std": card.spec.std},
+        "intensity": {"mean": _intensity(card.spec.mean), "std": _intensity(card.spec.std)},
         "preprocessing": "dicom_node.model.preprocess: render_for_display (DICOM) or "
         "load_image_file (PNG/JPEG), then prepare: aspect-preserving resize, centred black "
         "padding, (x - mean) / std",

@@ -219,8 +219,8 @@ def network_of(net: Mapping[str, Any], where: str, labels: int) -> tuple[str, di
 class ModelInput:
     size: int
     channels: int
-    mean: float = 0.0
-    std: float = 1.0
+    mean: float | tuple[float, ...] = 0.0
+    std: float | tuple[float, ...] = 1.0
     pipeline: zoo_transforms.Pipeline | None = None
 
 
@@ -239,11 +239,25 @@ def own_input(sec: Mapping[str, Any], channels: int, where: str) -> ModelInput:
             f"{swhere}input_size' must be 32..4096 and 'in_channels' {channels} (the network's)"
         )
     intensity = get(sec, "intensity", dict, swhere)
-    mean = float(get(intensity, "mean", (int, float), f"{swhere}intensity."))
-    std = float(get(intensity, "std", (int, float), f"{swhere}intensity."))
-    if std <= 0:
+    mean = _intensity(intensity, "mean", channels, swhere)
+    std = _intensity(intensity, "std", channels, swhere)
+    if (min(std) if isinstance(std, tuple) else std) <= 0:
         raise BundleError(f"{swhere}intensity.std' must be positive, got {std}")
     return ModelInput(size=size, channels=channels, mean=mean, std=std)
+
+
+def _intensity(
+    intensity: Mapping[str, Any], key: str, channels: int, where: str
+) -> float | tuple[float, ...]:
+    """One number for every channel, or a list of one per channel."""
+    value = get(intensity, key, (int, float, list), f"{where}intensity.")
+    if not isinstance(value, list):
+        return float(value)
+    if len(value) != channels or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
+        raise BundleError(f"{where}intensity.{key}' must be a number or {channels} numbers")
+    return tuple(float(v) for v in value)
 
 
 def input_of(

@@ -29,14 +29,35 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class InputSpec:
-    """The model input a bundle expects: square side, channels, intensity normalisation; or
+    """The model input a bundle expects: square side, channels, intensity normalisation (one
+    mean and std for every channel, or one per channel, as ImageNet-trained networks have); or
     the bundle's own preprocessing (`pipeline`), which then decides everything after rendering."""
 
     size: int
-    mean: float
-    std: float
+    mean: float | tuple[float, ...]
+    std: float | tuple[float, ...]
     channels: int = 1
     pipeline: zoo_transforms.Pipeline | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) != self.channels:
+                raise ValueError(f"{len(value)} {name} values for {self.channels} channels")
+        if min(per_channel(self.std, self.channels)) <= 0:
+            raise ValueError(f"std must be positive, not {self.std}")
+
+    def scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as (C, 1, 1) tensors: x_model = (x_display - mean) / std."""
+        return (
+            torch.tensor(per_channel(self.mean, self.channels)).view(-1, 1, 1),
+            torch.tensor(per_channel(self.std, self.channels)).view(-1, 1, 1),
+        )
+
+
+def per_channel(value: float | tuple[float, ...], channels: int) -> tuple[float, ...]:
+    """One value per channel (a single value repeated)."""
+    return tuple(value) if isinstance(value, tuple) else (float(value),) * channels
 
 
 # ---- DICOM to display ---------------------------------------------------------------------
@@ -204,17 +225,22 @@ def display_uint8(image: Image32, max_side: int = 1024) -> npt.NDArray[np.uint8]
 
 
 def to_model_input(
-    image: Image32, *, size: int, mean: float, std: float, channels: int = 1
+    image: Image32,
+    *,
+    size: int,
+    mean: float | tuple[float, ...],
+    std: float | tuple[float, ...],
+    channels: int = 1,
 ) -> tuple[torch.Tensor, Letterbox]:
     """Letterbox a display image into a normalised (channels, size, size) float32 tensor.
 
     The image is resized (aspect kept, antialiased) so its longer side is `size`, centred on a
-    black (0) canvas, then normalised as (x - mean) / std. No flips.
+    black (0) canvas, copied into each channel and normalised as (x - mean) / std (per channel
+    where mean and std are given per channel). No flips.
     """
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
-    if std <= 0:
-        raise ValueError(f"std must be positive, not {std}")
+    spec = InputSpec(size=size, mean=mean, std=std, channels=channels)
     h, w = image.shape
     scale = size / max(h, w)
     nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
@@ -230,8 +256,11 @@ def to_model_input(
     canvas[box.pad_top : box.pad_top + nh, box.pad_left : box.pad_left + nw] = resize(
         image, (nh, nw)
     )
-    tensor = (torch.from_numpy(canvas) - mean) / std
-    return tensor.unsqueeze(0).expand(channels, size, size).contiguous(), box
+    if not isinstance(mean, tuple) and not isinstance(std, tuple):
+        tensor = (torch.from_numpy(canvas) - mean) / std
+        return tensor.unsqueeze(0).expand(channels, size, size).contiguous(), box
+    m, s = spec.scale()
+    return ((torch.from_numpy(canvas)[None] - m) / s).contiguous(), box
 
 
 # ---- image files (public data sets) ------------------------------------------------------------

@@ -29,7 +29,6 @@ from dicom_node.domain import (
     FindingResult,
     ImageResult,
     JobOutcome,
-    ModelScope,
     PreparedImage,
     SkippedImage,
     SourceImage,
@@ -46,7 +45,8 @@ from dicom_node.pipeline.deliver import deliver
 from dicom_node.pipeline.dispatch import DeliveryLanes, schedule_of
 from dicom_node.pipeline.record import record_results
 from dicom_node.pipeline.results import JobContext, ResultFile, choose_results
-from dicom_node.pipeline.selection import CXR_SCOPE, is_image, skip_reason
+from dicom_node.pipeline.routes import ModelRoute, combine, model_label, route_images, summarise
+from dicom_node.pipeline.selection import is_image
 from dicom_node.settings import Settings
 from dicom_node.store.database import reading
 from dicom_node.store.jobs import ClaimedJob
@@ -55,27 +55,6 @@ from dicom_node.store.spool import Spool
 from structured_reports.results import SC_FINDINGS, ScFindings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
-class ModelRoute:
-    """One model the node serves: its bundle (with the scope of images it reads), its batching
-    classifier and the critical findings in force for it."""
-
-    bundle: Bundle
-    batcher: BatchingClassifier
-    critical: Mapping[str, float] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return model_label(self.bundle)
-
-
-def model_label(bundle: Bundle) -> str:
-    """How logs and audit rows name a model: name, version, weights digest, demo flag."""
-    identity = bundle.identity
-    label = f"{identity.name} {identity.version} sha256:{identity.weights_sha256[:12]}"
-    return f"{label} (synthetic demo model)" if identity.synthetic_demo else label
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -140,46 +119,6 @@ def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:
             )
         )
     return combine(plan, outcomes)
-
-
-def route_images(
-    images: list[SourceImage], routes: Sequence[ModelRoute], require_view_position: bool
-) -> tuple[list[tuple[ModelRoute, list[SourceImage]]], list[SkippedImage]]:
-    """Each model with the images of its scope (only models that read some; the first model
-    with none when no model reads any), and the images no model reads, each with why."""
-    plan = []
-    read: set[int] = set()
-    reasons: dict[int, list[str]] = {id(s.header): [] for s in images}
-    for route in routes:
-        eligible, skipped = select_images(images, require_view_position, route.bundle.scope)
-        if eligible:
-            plan.append((route, eligible))
-            read |= {id(s.header) for s in eligible}
-        for item in skipped:
-            reasons[id(item.source)].append(
-                item.reason if len(routes) == 1 else f"{route.bundle.identity.name}: {item.reason}"
-            )
-    unread = [
-        SkippedImage(source=s.header, reason="; ".join(reasons[id(s.header)]))
-        for s in images
-        if id(s.header) not in read
-    ]
-    return plan or [(routes[0], [])], unread
-
-
-def combine(
-    plan: Sequence[tuple[ModelRoute, list[SourceImage]]], outcomes: Sequence[JobOutcome]
-) -> JobOutcome:
-    """The job's outcome: done when some model analysed images; each model's detail named
-    where there are several."""
-    if len(outcomes) == 1:
-        return outcomes[0]
-    state = "done" if any(o.state == "done" for o in outcomes) else outcomes[0].state
-    detail = " | ".join(
-        f"{route.bundle.identity.name}: {o.detail}"
-        for (route, _), o in zip(plan, outcomes, strict=True)
-    )
-    return JobOutcome(state=state, detail=detail)
 
 
 def report_failure(ctx: Services, job: ClaimedJob, reason: str) -> JobOutcome:
@@ -311,24 +250,6 @@ def separate_images(
     return images, others
 
 
-def select_images(
-    sources: list[SourceImage], require_view_position: bool, scope: ModelScope = CXR_SCOPE
-) -> tuple[list[SourceImage], list[SkippedImage]]:
-    """The images a model of `scope` may read, and every other image with its reason."""
-    eligible: list[SourceImage] = []
-    skipped: list[SkippedImage] = []
-    for source in sources:
-        try:
-            reason = skip_reason(source.header, scope, require_view_position=require_view_position)
-        except (ValueError, TypeError) as exc:  # a malformed value: this image only
-            reason = f"header: {exc}"
-        if reason is None:
-            eligible.append(source)
-        else:
-            skipped.append(SkippedImage(source=source.header, reason=reason))
-    return eligible, skipped
-
-
 def prepare_images(
     sources: list[SourceImage],
     bundle: Bundle,
@@ -391,24 +312,6 @@ def wanted_sc_findings(settings: Settings) -> tuple[ScFindings, ...]:
     then only kept in the spool)."""
     wanted = {d.sc_findings for d in settings.destinations if d.send_sc}
     return tuple(f for f in SC_FINDINGS if f in wanted) or ("present",)
-
-
-def summarise(
-    study: StudyResult, *, sent: int = 0, failed: int = 0, queued: int | None = None
-) -> JobOutcome:
-    """How the job ended, in one line (`queued`: handed to the delivery lanes)."""
-    if queued is not None:
-        delivery = f"{queued} result object(s) queued for delivery"
-    else:
-        delivery = f"{sent} result object(s) delivered" + (f", {failed} failed" if failed else "")
-    if study.failure:
-        return JobOutcome(state="failed", detail=f"{study.failure}; {delivery}")
-    if not study.analysed:
-        reasons = "; ".join(sorted({s.reason for s in study.skipped}))
-        return JobOutcome(state="skipped", detail=f"no image analysed ({reasons}); {delivery}")
-    present = sorted({f.label for image in study.images for f in image.present})
-    found = ", ".join(present) if present else "no finding above threshold"
-    return JobOutcome(state="done", detail=f"{len(study.images)} image(s): {found}; {delivery}")
 
 
 def _nothing_to_report(

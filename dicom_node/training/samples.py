@@ -36,7 +36,8 @@ def augment(x: torch.Tensor, spec: InputSpec, aug: Augment) -> torch.Tensor:
     Works in display units (x * std + mean, in [0, 1]); what comes into view is black, like the
     letterbox padding. Uses torch's global generator (seeded per DataLoader worker).
     """
-    display = (x * spec.std + spec.mean)[None]
+    mean, std = spec.scale()
+    display = (x * std + mean)[None]
     angle = math.radians(_uniform(-aug.degrees, aug.degrees))
     zoom = _uniform(*aug.scale)
     cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
@@ -46,7 +47,7 @@ def augment(x: torch.Tensor, spec: InputSpec, aug: Augment) -> torch.Tensor:
     moved = torch.nn.functional.grid_sample(display, grid, align_corners=False)[0]
     moved = moved.clamp(0.0, 1.0) ** _uniform(*aug.gamma)
     moved = ((moved - 0.5) * _uniform(*aug.contrast) + 0.5).clamp(0.0, 1.0)
-    return (moved - spec.mean) / spec.std
+    return (moved - mean) / std
 
 
 def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
