@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -367,3 +369,23 @@ def test_a_resnet_zoo_bundle_serves_through_the_node(tmp_path: Path, pacs: Store
         parameters = {p.TextValue for p in named(group, "111002")}
         assert "threshold=0.4" in parameters
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == dcmread(path).SOPInstanceUID
+
+
+def _check(path: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "dicom_node.cli", "bundle", "check", str(path)]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+
+
+def test_bundle_check_says_how_a_zoo_bundle_is_served_or_why_not(tmp_path: Path) -> None:
+    """`dicom-node bundle check` on a zoo bundle names its network, its own preprocessing and
+    its scope (exit 0); on one asking for an unlisted `_target_` it exits 2 naming it."""
+    path = write_zoo_bundle(tmp_path / "zoo")
+    done = _check(path)
+    assert done.returncode == 0, done.stderr
+    assert "cxr-resnet-zoo 0.3.1: ResNet, 1 x 64 px" in done.stdout
+    assert "Resized, ScaleIntensityd, CastToTyped, EnsureTyped" in done.stdout
+    assert "views PA, AP" in done.stdout and "threshold 0.4" in done.stdout
+    _edit(path / "configs" / "inference.json", REFUSED[0][1])
+    done = _check(path)
+    assert done.returncode == 2
+    assert "'torch.nn.Linear' is not allowed" in done.stderr

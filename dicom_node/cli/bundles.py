@@ -1,6 +1,7 @@
-"""`dicom-node bundle import` (a published torchvision-layout DenseNet checkpoint as a bundle) and
-`dicom-node bundle export` (ONNX, a Triton model repository): docs/models.md. Torch is imported
-only when a command runs."""
+"""`dicom-node bundle check` (would the node serve this bundle, and how), `dicom-node bundle
+import` (a published torchvision-layout DenseNet checkpoint as a bundle) and `dicom-node bundle
+export` (ONNX, a Triton model repository): docs/models.md. Torch is imported only when a command
+runs."""
 
 from __future__ import annotations
 
@@ -26,8 +27,16 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def configure_bundle(parser: argparse.ArgumentParser) -> None:
-    """`bundle import` and `bundle export`."""
+    """`bundle check`, `bundle import` and `bundle export`."""
     actions = parser.add_subparsers(dest="action", required=True)
+    check = actions.add_parser(
+        "check",
+        help="validate a bundle (ours or a MONAI model-zoo one) as the node would load it",
+        description="Load the bundle as `serve` would (allow-list, preprocessing, weights), run "
+        "one image through it and say what it reads and reports.",
+    )
+    check.add_argument("bundle", type=Path, help="the bundle folder")
+    check.set_defaults(func=cmd_check)
     imp = actions.add_parser(
         "import",
         help="make a bundle of a torchvision-layout DenseNet checkpoint (e.g. CheXNet)",
@@ -100,6 +109,45 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"{bundle.in_channels} x {bundle.input_size} px, {len(bundle.labels)} labels) into "
         f"{bundle.path}\nweights SHA-256 {identity.weights_sha256}\n"
         "thresholds are uncalibrated: run `dicom-node evaluate BUNDLE DATA --calibrate --out DIR`"
+    )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit status 0 when the node would serve the bundle, 2 (with the reason) when not."""
+    import torch
+
+    from dicom_node.model.bundle import BundleError, load_bundle
+    from dicom_node.model.infer import Classifier
+    from dicom_node.model.preprocess import prepare
+
+    try:
+        bundle = load_bundle(args.bundle)
+        classifier = Classifier(bundle, torch.device("cpu"))
+        x, _ = prepare(torch.rand(300, 240).numpy(), bundle.input_spec)
+        probs = classifier.predict(x[None])
+    except (BundleError, TypeError, ValueError) as exc:
+        print(f"bundle check: {exc}", file=sys.stderr)
+        return 2
+    identity, scope = bundle.identity, bundle.scope
+    preprocessing = (
+        bundle.pipeline.describe()
+        if bundle.pipeline
+        else f"the node's letterbox, (x - {bundle.mean}) / {bundle.std}"
+    )
+    print(
+        f"{identity.name} {identity.version}: {bundle.network_name}, "
+        f"{bundle.in_channels} x {bundle.input_size} px, weights SHA-256 "
+        f"{identity.weights_sha256}\n"
+        f"preprocessing: {preprocessing}\n"
+        f"serves: SOP classes {', '.join(scope.sop_classes)}; modalities "
+        f"{', '.join(scope.modalities)}; body parts {', '.join(scope.body_parts)}; views "
+        f"{', '.join(scope.views) or 'any'}\n"
+        + "".join(
+            f"  {label}: {code.scheme} {code.value} ({code.meaning}), threshold {t:g}\n"
+            for label, code, t in zip(bundle.labels, bundle.codes, bundle.thresholds, strict=True)
+        )
+        + f"one test image: {probs.shape[1]} probabilities in [0, 1]: the node can serve it"
     )
     return 0
 
