@@ -389,3 +389,16 @@ def test_bundle_check_says_how_a_zoo_bundle_is_served_or_why_not(tmp_path: Path)
     done = _check(path)
     assert done.returncode == 2
     assert "'torch.nn.Linear' is not allowed" in done.stderr
+
+
+def test_a_yaml_inference_config_is_read_like_json(tmp_path: Path) -> None:
+    """A zoo bundle shipping configs/inference.yaml instead of .json loads the same way."""
+    import yaml
+
+    path = write_zoo_bundle(tmp_path / "zoo")
+    config = json.loads((path / "configs" / "inference.json").read_text())
+    (path / "configs" / "inference.json").unlink()
+    (path / "configs" / "inference.yaml").write_text(yaml.safe_dump(config))
+    bundle = load_bundle(path)
+    assert bundle.network_name == "ResNet" and bundle.pipeline is not None
+    assert bundle.thresholds == (0.4,) * len(NIH_LABELS)

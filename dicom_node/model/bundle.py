@@ -114,7 +114,7 @@ class Bundle:
 
     def _check_shape(self, net: torch.nn.Module) -> None:
         """The network reads the bundle's channels and gives one logit per label."""
-        where = f"{self.path / INFERENCE}: 'network_def'"
+        where = f"{inference_file(self.path)}: 'network_def'"
         try:
             out = networks.split(net).head[-1]
             channels = networks.in_channels(net)
@@ -147,6 +147,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def inference_file(path: Path) -> Path:
+    """configs/inference.json, or the YAML form some zoo bundles ship (inference.yaml)."""
+    for name in ("inference.yaml", "inference.yml"):
+        if not (path / INFERENCE).exists() and (path / "configs" / name).is_file():
+            return path / "configs" / name
+    return path / INFERENCE
+
+
 def load_bundle(path: Path) -> Bundle:
     """Read and validate the bundle in `path` (ours, or a MONAI model-zoo bundle: see
     docs/models.md); raises BundleError naming the file and key."""
@@ -161,8 +169,8 @@ def load_bundle(path: Path) -> Bundle:
     sec = get(meta, SECTION, dict, where) if SECTION in meta else {}
     swhere = f"{where}{SECTION}."
     try:
-        config = zoo.read_config(path / INFERENCE)
-        default = zoo_transforms.default_threshold(config.postprocessing, str(path / INFERENCE))
+        config = zoo.read_config(inference_file(path))
+        default = zoo_transforms.default_threshold(config.postprocessing, str(inference_file(path)))
     except zoo.ZooError as exc:
         raise BundleError(str(exc)) from exc
     labels = labels_of(meta, sec, where)
@@ -170,9 +178,9 @@ def load_bundle(path: Path) -> Bundle:
     thresholds = thresholds_of(sec, labels, default or DEFAULT_THRESHOLD, swhere)
     critical = critical_of(sec, tuple(labels), swhere)
     network_name, kwargs, channels = network_of(
-        config.network_def, f"{path / INFERENCE}: '", len(labels)
+        config.network_def, f"{inference_file(path)}: '", len(labels)
     )
-    model_input = input_of(sec, config, channels, where, path / INFERENCE)
+    model_input = input_of(sec, config, channels, where, inference_file(path))
     synthetic = get(sec, "synthetic_demo", bool, swhere) if "synthetic_demo" in sec else False
     for required in (WEIGHTS, LICENSE):
         if not (path / required).is_file():
