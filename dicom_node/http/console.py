@@ -155,7 +155,7 @@ async def study(ctx: WebContext, request: Request, user: auth.Principal, form: A
         patient_id=content.patient_id or None,
         detail="console study page",
     )
-    labels = list(ctx.services.bundle.labels) if ctx.services else content.labels
+    labels = list(ctx.services.labels) if ctx.services else content.labels
     return _page(
         request, "study.html", s=content, labels=labels, message=request.query_params.get("m")
     )

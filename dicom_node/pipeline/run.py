@@ -79,6 +79,11 @@ class Services:
         return model_label(self.bundle)
 
     @property
+    def labels(self) -> tuple[str, ...]:
+        """Every label some model reports, the first model's first."""
+        return tuple(dict.fromkeys(label for r in self.routes for label in r.bundle.labels))
+
+    @property
     def routes(self) -> tuple[ModelRoute, ...]:
         """Every model the node serves, the first model first."""
         first = ModelRoute(bundle=self.bundle, batcher=self.batcher, critical=self.critical)

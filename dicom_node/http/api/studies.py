@@ -78,7 +78,7 @@ def add_feedback(uid: str, verdict: FeedbackIn, request: Request, principal: Vie
     """A reader's verdict on one finding of one analysed image of the study's newest analysis:
     agree, disagree (the call is wrong) or missed (a finding the model did not call)."""
     ctx = context(request)
-    labels = ctx.services.bundle.labels if ctx.services is not None else None
+    labels = ctx.services.labels if ctx.services is not None else None
     try:
         with ctx.sessions.begin() as session:
             if session.get(Study, uid) is None:
