@@ -33,6 +33,7 @@ from dicom_node.training.evaluate import (
     write_outputs,
 )
 from dicom_node.training.fit import FitConfig
+from dicom_node.training.mimic import is_mimic
 from dicom_node.training.samples import RecordDataset
 from dicom_node.training.tracking import mlflow_available
 from dicom_node.training.trainer import MEAN, STD, TrainConfig, TrainingData, file_data, train
@@ -65,11 +66,14 @@ def _network_kwargs(args: argparse.Namespace) -> dict[str, object]:
 
 
 def default_labels(args: argparse.Namespace) -> tuple[str, ...]:
-    """`--labels`, else the data set's: CheXpert's for a CheXpert folder, else ChestX-ray14's."""
+    """`--labels`, else the data set's: CheXpert's for a CheXpert or MIMIC-CXR-JPG folder (both
+    labelled by the CheXpert labeller), else ChestX-ray14's."""
     if args.labels:
         return tuple(args.labels)
-    if not args.synthetic and args.labels_csv is None and is_chexpert(Path(args.data)):
-        return CHEXPERT_LABELS
+    if not args.synthetic and args.labels_csv is None:
+        data = Path(args.data)
+        if is_chexpert(data) or is_mimic(data):
+            return CHEXPERT_LABELS
     return CXR14_LABELS
 
 
@@ -169,7 +173,10 @@ def _dataset(args: argparse.Namespace, bundle: Bundle) -> tuple[Dataset[Any], st
         )
         return phantoms, f"{args.synthetic} synthetic phantoms, seed {args.seed}"
     if args.data is None:
-        raise DatasetError("give DATA (a ChestX-ray14 root or a DICOM folder) or --synthetic N")
+        raise DatasetError(
+            "give DATA (a ChestX-ray14, CheXpert or MIMIC-CXR-JPG root, or a DICOM folder) "
+            "or --synthetic N"
+        )
     split = _split(args)
     records = split.part(args.split)
     name = args.split

@@ -91,10 +91,18 @@ def _image_path(root: Path, relative: str) -> Path | None:
     return None
 
 
-def _labels(
+def check_policy(uncertain: str) -> None:
+    """A DatasetError unless `uncertain` is one of UNCERTAIN_POLICIES."""
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise DatasetError(f"uncertain must be one of {UNCERTAIN_POLICIES}, not {uncertain!r}")
+
+
+def row_labels(
     row: Mapping[str, str], policy: UncertainPolicy, where: str
 ) -> tuple[frozenset[str], frozenset[str]]:
-    """(findings, unknown) of one row under the uncertainty policy."""
+    """(findings, unknown) of one row with a column per CHEXPERT_LABELS (valued 1.0, 0.0, -1.0
+    or blank) under the uncertainty policy; NIH aliases follow their CheXpert label. Shared by
+    every data set the CheXpert labeller labelled (CheXpert, MIMIC-CXR-JPG)."""
     present, unknown = set(), set()
     for label in CHEXPERT_LABELS:
         text = (row.get(label) or "").strip()
@@ -131,7 +139,7 @@ def _records(root: Path, name: str, *, policy: UncertainPolicy, frontal_only: bo
         if image is None:
             missing += 1
             continue
-        findings, unknown = _labels(row, policy, where)
+        findings, unknown = row_labels(row, policy, where)
         patient = _PATIENT.search(row["Path"])
         records.append(
             Record(
@@ -157,8 +165,7 @@ def read_chexpert(
 ) -> Split:
     """The CheXpert layout: train.csv split by patient into training and validation, valid.csv
     as the test split; frontal views only unless `frontal_only` is False."""
-    if uncertain not in UNCERTAIN_POLICIES:
-        raise DatasetError(f"uncertain must be one of {UNCERTAIN_POLICIES}, not {uncertain!r}")
+    check_policy(uncertain)
     train_val = _records(root, CHEXPERT_TRAIN, policy=uncertain, frontal_only=frontal_only)
     test = tuple(_records(root, CHEXPERT_VALID, policy=uncertain, frontal_only=frontal_only))
     if not train_val and not test:

@@ -1,5 +1,6 @@
 """Labelled radiographs for training and evaluation, in the layouts the data sets are downloaded
-in: NIH ChestX-ray14, CheXpert (`chexpert`), and DICOM folders with a labels CSV."""
+in: NIH ChestX-ray14, CheXpert (`chexpert`), MIMIC-CXR-JPG (`mimic`), and DICOM folders with a
+labels CSV."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from pydicom import dcmread
 
 from dicom_node.training.chexpert import UncertainPolicy, is_chexpert, read_chexpert
+from dicom_node.training.mimic import is_mimic, read_mimic
 from dicom_node.training.records import (
     SPLITS,
     DatasetError,
@@ -189,8 +191,9 @@ def read_layout(
     frontal_only: bool = True,
 ) -> Split:
     """ChestX-ray14 when `data` holds its label file, CheXpert when it holds train.csv or
-    valid.csv with CheXpert's columns (`uncertain` and `frontal_only` apply), else a DICOM
-    folder with a labels CSV."""
+    valid.csv with CheXpert's columns, MIMIC-CXR-JPG when it holds its metadata or labels CSV
+    (for those two `uncertain` and `frontal_only` apply), else a DICOM folder with a labels
+    CSV."""
     if chestxray14_entry(data) is not None:
         return read_chestxray14(data, val_fraction=val_fraction, seed=seed)
     if labels_csv is None and is_chexpert(data):
@@ -201,9 +204,12 @@ def read_layout(
             val_fraction=val_fraction,
             seed=seed,
         )
+    if labels_csv is None and is_mimic(data):
+        return read_mimic(data, uncertain=uncertain, frontal_only=frontal_only)
     if labels_csv is not None or (data / DICOM_LABELS_CSV).is_file():
         return read_dicom_folder(data, labels_csv, val_fraction=val_fraction, seed=seed)
     raise DatasetError(
         f"{data}: neither {' nor '.join(CXR14_ENTRIES)} (ChestX-ray14), CheXpert's train.csv "
-        f"or valid.csv, nor {DICOM_LABELS_CSV} (DICOM folder) found"
+        f"or valid.csv, MIMIC-CXR-JPG's mimic-cxr-2.0.0-*.csv.gz, nor {DICOM_LABELS_CSV} "
+        "(DICOM folder) found"
     )
