@@ -154,10 +154,10 @@ def train_command(args: argparse.Namespace) -> int:
         config = config_from(args)
         _check_coded(config.labels)
         data = data_from(args, config)
+        train(args.out, data, config)
     except (DatasetError, ValueError) as exc:
         log.error("train: %s", exc)
         return 2
-    train(args.out, data, config)
     return 0
 
 

@@ -26,16 +26,18 @@ def parse_labels(text: str) -> tuple[str, ...]:
 
 
 def layout_arguments(parser: argparse.ArgumentParser) -> None:
-    """How a CheXpert folder is read (the other layouts ignore these)."""
+    """How a CheXpert or MIMIC-CXR-JPG folder is read (the other layouts ignore these)."""
     parser.add_argument(
         "--uncertain",
         choices=UNCERTAIN_POLICIES,
         default="ignore",
-        help="CheXpert's uncertain (-1.0) labels: ignore (left out of loss and metrics), "
-        "zeros (negative) or ones (positive)",
+        help="CheXpert's and MIMIC-CXR's uncertain (-1.0) labels: ignore (left out of loss and "
+        "metrics), zeros (negative) or ones (positive)",
     )
     parser.add_argument(
-        "--lateral", action="store_true", help="CheXpert: lateral views too, not only frontal ones"
+        "--lateral",
+        action="store_true",
+        help="CheXpert, MIMIC-CXR: lateral views too, not only frontal ones",
     )
 
 
@@ -47,7 +49,9 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--synthetic", action="store_true", help="train on generated phantoms")
     source.add_argument(
-        "--data", type=Path, help="ChestX-ray14 or CheXpert folder, or a DICOM folder"
+        "--data",
+        type=Path,
+        help="ChestX-ray14, CheXpert or MIMIC-CXR-JPG folder, or a DICOM folder",
     )
     parser.add_argument("--labels-csv", type=Path, help="labels of a DICOM folder (labels.csv)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="patients for validation")
@@ -63,7 +67,8 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels",
         type=parse_labels,
-        help="comma-separated labels; else the data set's (ChestX-ray14's 14, CheXpert's 13)",
+        help="comma-separated labels; else the data set's (ChestX-ray14's 14; CheXpert's and "
+        "MIMIC-CXR's 13)",
     )
     layout_arguments(parser)
 
@@ -119,7 +124,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 def configure_evaluate(parser: argparse.ArgumentParser) -> None:
     """Arguments of `dicom-node evaluate`."""
     parser.add_argument("bundle", type=Path, help="bundle folder (models/<name>)")
-    parser.add_argument("data", type=Path, nargs="?", help="ChestX-ray14, CheXpert or DICOM folder")
+    parser.add_argument(
+        "data", type=Path, nargs="?", help="ChestX-ray14, CheXpert, MIMIC-CXR-JPG or DICOM folder"
+    )
     parser.add_argument("--labels-csv", type=Path, help="labels of a DICOM folder (labels.csv)")
     parser.add_argument(
         "--split",
