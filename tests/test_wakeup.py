@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.node import Node
 from dicom_node.pipeline.wakeup import Wakeup
@@ -27,6 +28,26 @@ from tests.peers import StoreSCP, free_port, storescu, wait_for_port
 pytestmark = pytest.mark.integration
 
 POLL = 60.0  # polling alone would take a minute
+
+
+def _wait_listening(
+    sessions: sessionmaker[Session], process: subprocess.Popen[bytes], timeout: float
+) -> None:
+    """Wait until a connection of the database has run LISTEN (the work process's notification
+    listener is in place: its model is loaded, its workers start)."""
+    deadline = time.monotonic() + timeout
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+    )
+    while True:
+        with sessions() as session:
+            if session.scalar(query):
+                return
+        assert process.poll() is None, "the work process ended"
+        if time.monotonic() > deadline:
+            raise TimeoutError("no LISTEN on the database")
+        time.sleep(0.05)
 
 
 def test_a_wakeup_between_a_look_and_the_wait_is_not_lost() -> None:
@@ -86,11 +107,11 @@ def test_a_work_process_on_postgres_is_woken_by_notify(postgres_url: str, tmp_pa
         work = subprocess.Popen([*command, "work"], env=env)
         try:
             wait_for_port(port, timeout=60)
-            time.sleep(8.0)  # the work process has loaded its model and listens
+            sessions = open_database(postgres_url)  # migrated by the receiver by now
+            _wait_listening(sessions, work, timeout=60)
             study_uid = str(generate_uid())
             image = chest_image(study_uid=study_uid)
             assert storescu(write_study(tmp_path / "s", [image]), port=port).returncode == 0
-            sessions = open_database(postgres_url)
             job = wait_finished(sessions, study_uid, timeout=30)
             with sessions() as session:
                 ready_at = session.get_one(Study, study_uid).ready_at
