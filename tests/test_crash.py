@@ -73,7 +73,7 @@ def _start(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[byt
 
 @pytest.fixture
 def pacs() -> Iterator[SlowPacs]:
-    with SlowPacs(delay=1.0) as running:
+    with SlowPacs(delay=0.5) as running:  # room to kill the sender while it waits
         yield running
 
 
