@@ -114,7 +114,9 @@ def traffic(
     make_settings: SettingsFactory, tmp_path: Path, study_uid: str
 ) -> Iterator[sessionmaker[Session]]:
     """A receive-only node that got a C-ECHO, two DX by storescu and a refused calling AE."""
-    settings = make_settings(allowed_calling_aets=["MODALITY", "ECHOSCU"])
+    # a quiet period longer than the fixture: no study_ready row appears, however slow the
+    # machine (it did when the node stopped after the 0.5 s default)
+    settings = make_settings(allowed_calling_aets=["MODALITY", "ECHOSCU"], quiet_seconds=60.0)
     files = write_study(tmp_path / "in", [chest_image(study_uid=study_uid, seed=s) for s in (0, 1)])
     with Node(settings, workers=0) as node:
         assert echoscu(port=node.port).returncode == 0
