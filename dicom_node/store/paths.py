@@ -31,10 +31,15 @@ def use_spool_root(sessions: sessionmaker[Session], root: Path) -> None:
 
 
 def stored(path: str, root: str | None) -> str:
-    """The path as the database keeps it: relative when it lies under `root`."""
-    if root and os.path.isabs(path) and path.startswith(root.rstrip(os.sep) + os.sep):
-        return os.path.relpath(path, root)
-    return path
+    """The path as the database keeps it: relative to `root` when it lies under it, else
+    absolute (a path relative to the working folder, as a relative `spool_dir` gives, would
+    otherwise be read back under the root)."""
+    if not root:
+        return path
+    full = os.path.abspath(path)
+    if full.startswith(root.rstrip(os.sep) + os.sep):
+        return os.path.relpath(full, root)
+    return full
 
 
 def absolute(session: Session, value: str | None) -> str | None:
