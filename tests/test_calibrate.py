@@ -124,7 +124,8 @@ def test_calibrate_writes_a_new_bundle_version(
 ) -> None:
     """--calibrate picks Youden thresholds on the data, writes the same weights under a new
     version with the thresholds, the rule, the data and each AUROC with its interval, and
-    puts evaluation.json and roc.png in the new bundle's docs/."""
+    puts evaluation.json and roc.png in the new bundle's docs/; a finding the model does not
+    separate (AUROC <= 0.5) carries a warning."""
     out = tmp_path / "calibrated"
     assert _evaluate(str(bundle.path), *PHANTOMS, "--calibrate", "--out", str(out)) == 0
     new = load_bundle(out)
@@ -143,6 +144,7 @@ def test_calibrate_writes_a_new_bundle_version(
         assert entry["threshold"] == threshold and entry["previous_threshold"] == 0.5
         low, high = entry["auroc_ci95"]
         assert low <= entry["auroc"] <= high
+        assert ("warning" in entry) == (entry["auroc"] <= 0.5)  # no separation: said so
     report = json.loads((out / "docs" / "evaluation.json").read_text())
     assert report["bundle"]["version"] == new.identity.version
     assert (out / "docs" / "roc.png").is_file()

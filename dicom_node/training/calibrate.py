@@ -6,16 +6,19 @@ Each finding's threshold follows one rule on the calibration data's probabilitie
 - Youden's J: the threshold that maximises sensitivity + specificity - 1;
 - target sensitivity t: the highest threshold whose sensitivity is at least t.
 
-A finding without both positive and negative images keeps its threshold. The new bundle has the
-same weights (so the same SHA-256), the new thresholds, a version that says so (0.2.0 becomes
-0.2.0+cal.<yyyymmdd> unless one is given) and a `calibration` entry naming the data, the rule and
-each finding's AUROC with its bootstrap interval; the SR and the audit trail name that version.
+A finding without both positive and negative images keeps its threshold; one whose AUROC on the
+data is 0.5 or less gets a warning in the metadata (and the log): its threshold means nothing.
+The new bundle has the same weights (so the same SHA-256), the new thresholds, a version that
+says so (0.2.0 becomes 0.2.0+cal.<yyyymmdd> unless one is given) and a `calibration` entry
+naming the data, the rule and each finding's AUROC with its bootstrap interval; the SR and the
+audit trail name that version.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -33,6 +36,11 @@ from dicom_node.training.classification_metrics import (
 )
 from dicom_node.training.evaluate import Predictions
 
+log = logging.getLogger(__name__)
+NO_SEPARATION = (
+    "AUROC <= 0.5: the model does not separate this finding on the calibration data; the "
+    "threshold chosen is not meaningful (validate the model for this finding before use)"
+)
 MAX_VERSION = 64  # Software Versions (0018,1020) is LO: 64 characters
 _CALIBRATION_TAG = re.compile(r"[+.]cal\.\d{8}$")
 
@@ -97,6 +105,11 @@ def _section(
         entry = {"previous_threshold": old, **m}
         if label in kept:
             entry["note"] = kept[label]
+        elif m.get("auroc") is not None and m["auroc"] <= 0.5:
+            entry["warning"] = NO_SEPARATION
+            log.warning(
+                "calibration: %s has AUROC %.3f on these data: %s", label, m["auroc"], NO_SEPARATION
+            )
         per_label[label] = entry
     identity = bundle.identity
     return {
