@@ -402,3 +402,25 @@ def test_a_yaml_inference_config_is_read_like_json(tmp_path: Path) -> None:
     bundle = load_bundle(path)
     assert bundle.network_name == "ResNet" and bundle.pipeline is not None
     assert bundle.thresholds == (0.4,) * len(NIH_LABELS)
+
+
+def test_a_decode_pool_applies_the_bundles_preprocessing_as_the_worker_thread(
+    tmp_path: Path,
+) -> None:
+    """With decoding processes (spawned: the pipeline travels pickled and is built there), a
+    zoo bundle's input and geometry equal those made in the worker thread."""
+    from dicom_node.model.decode_pool import DecodePool, prepare_files
+
+    bundle = load_bundle(write_zoo_bundle(tmp_path / "zoo", transforms=LETTERBOX))
+    path = tmp_path / "image.dcm"
+    chest_image(study_uid=generate_uid(), size=(300, 240)).save_as(path, enforce_file_format=True)
+    [here] = prepare_files([path], bundle.input_spec, 256, None)
+    pool = DecodePool(1)
+    try:
+        [there] = prepare_files([path], bundle.input_spec, 256, pool)
+    finally:
+        pool.close()
+    assert not isinstance(here, Exception) and not isinstance(there, Exception)
+    assert here.model_input.shape == (1, 64, 64)
+    assert np.array_equal(here.model_input, there.model_input)
+    assert here.letterbox == there.letterbox and here.letterbox.transposed
