@@ -424,3 +424,15 @@ def test_a_decode_pool_applies_the_bundles_preprocessing_as_the_worker_thread(
     assert here.model_input.shape == (1, 64, 64)
     assert np.array_equal(here.model_input, there.model_input)
     assert here.letterbox == there.letterbox and here.letterbox.transposed
+
+
+def test_a_preprocessing_that_fails_on_an_image_is_a_reason_not_a_crash(tmp_path: Path) -> None:
+    """A declared pipeline whose output does not fit the network (three channels for a
+    one-channel ResNet) raises PreprocessError naming the shapes: the worker skips that image
+    with the reason instead of failing the study."""
+    from dicom_node.errors import PreprocessError
+
+    repeat = {"_target_": "RepeatChanneld", "keys": "image", "repeats": 3}
+    bundle = load_bundle(write_zoo_bundle(tmp_path / "zoo", transforms=[*STRETCH, repeat]))
+    with pytest.raises(PreprocessError, match=r"gave shape \(3, 64, 64\), not \(1, 64, 64\)"):
+        prepare(_display(), bundle.input_spec)

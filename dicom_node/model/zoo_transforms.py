@@ -28,6 +28,7 @@ import torch
 from monai.data.meta_tensor import MetaTensor
 
 from dicom_node.domain import Letterbox
+from dicom_node.errors import PreprocessError
 from dicom_node.model.zoo import (
     CHANNEL_FIRST,
     IGNORED_KEYS,
@@ -51,6 +52,7 @@ class Pipeline:
     key: str | None
     size: int
     channels: int  # channels handed over by the loader
+    channels_out: int  # the network's input channels
     transpose: bool  # MONAI's (x, y) order, as its loaders give 2-D images
     loaded_range: tuple[float, float]
     letterbox: bool  # aspect kept and padded; else stretched to the square
@@ -87,6 +89,7 @@ def pipeline_of(
         key=key,
         size=size,
         channels=handed,
+        channels_out=network_channels,
         transpose=transpose,
         loaded_range=loaded_range,
         letterbox=letterbox,
@@ -153,14 +156,23 @@ def _compose(transforms_json: str) -> Any:
 
 def apply(pipeline: Pipeline, display: npt.NDArray[np.float32]) -> tuple[torch.Tensor, Letterbox]:
     """The model input (channels, size, size) float32 of a display image (H, W) in [0, 1], and
-    where the image lies in it (for the Grad-CAM maps)."""
+    where the image lies in it (for the Grad-CAM maps). A transform that fails on this image
+    raises PreprocessError (the image is skipped with the reason, the study goes on)."""
     lo, hi = pipeline.loaded_range
     image = display.T if pipeline.transpose else display
     loaded = np.repeat((lo + image.astype(np.float32) * (hi - lo))[None], pipeline.channels, 0)
     compose = _compose(json.dumps(list(pipeline.transforms), sort_keys=True))
     data = MetaTensor(torch.from_numpy(np.ascontiguousarray(loaded, np.float32)))
-    out = compose({pipeline.key: data})[pipeline.key] if pipeline.key else compose(data)
+    try:
+        out = compose({pipeline.key: data})[pipeline.key] if pipeline.key else compose(data)
+    except Exception as exc:  # MONAI wraps a transform's failure in RuntimeError, or not
+        raise PreprocessError(f"the bundle's preprocessing failed: {exc}") from exc
     tensor = torch.as_tensor(out.as_tensor() if isinstance(out, MetaTensor) else out)
+    if tuple(tensor.shape) != (pipeline.channels_out, pipeline.size, pipeline.size):
+        raise PreprocessError(
+            f"the bundle's preprocessing gave shape {tuple(tensor.shape)}, not "
+            f"({pipeline.channels_out}, {pipeline.size}, {pipeline.size})"
+        )
     return tensor.float().contiguous(), _letterbox(pipeline, display.shape)
 
 
