@@ -33,7 +33,9 @@ def test_old_studies_leave_the_spool_and_their_records_stay(
     """Two analysed studies, one answered 40 days ago: `dicom-node purge-spool` removes the old
     one's files only, marks its instances purged, audits it once, keeps its findings; the audit
     chain verifies; reprocessing it is refused with the reason."""
-    settings = make_settings(spool_retention_days=30.0)
+    # The node itself purges nothing (its own hourly purge could run right after the update
+    # below and leave the command nothing to do); the command runs with the 30-day default.
+    settings = make_settings(spool_retention_days=None)
     with Node(settings) as node:
         old, recent = str(generate_uid()), str(generate_uid())
         for uid in (old, recent):
