@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -38,7 +38,7 @@ from typing import Any, Literal, Self
 import numpy as np
 import requests
 from orthanc_api_client import OrthancApiClient
-from pydicom import dcmwrite
+from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
@@ -519,6 +519,18 @@ class StoreSCP:
         except FileNotFoundError:
             return []
         return [Path(line) for line in text.split("\n")[:-1]]  # the last piece is incomplete
+
+    def study_objects(
+        self, study_uid: str, want: Callable[[list[Dataset]], bool], timeout: float = 30.0
+    ) -> list[Dataset]:
+        """The objects of the study received so far, once `want` holds of them or `timeout`
+        has passed (the caller asserts on what came)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [ds for ds in map(dcmread, self.received()) if ds.StudyInstanceUID == study_uid]
+            if want(found) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
 
     def wait_for(self, n: int, timeout: float = 30.0) -> list[Path]:
         """Wait until at least `n` files have been received; raise `TimeoutError` otherwise."""

@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,15 +204,12 @@ def _study_uid(path: Path) -> str:
 
 def _received(pacs: StoreSCP, study_uid: str, sop_uids: set[str]) -> list[Dataset]:
     """The objects of `study_uid` the PACS holds once it holds all of `sop_uids`."""
-    deadline = time.monotonic() + 30
-    while True:
-        held: list[Dataset] = [dcmread(path) for path in pacs.received()]
-        mine = [ds for ds in held if ds.StudyInstanceUID == study_uid]
-        if {str(ds.SOPInstanceUID) for ds in mine} >= sop_uids:
-            return mine
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the PACS holds {len(mine)} of {len(sop_uids)} objects")
-        time.sleep(0.1)
+    mine = pacs.study_objects(
+        study_uid, lambda found: {str(ds.SOPInstanceUID) for ds in found} >= sop_uids
+    )
+    if {str(ds.SOPInstanceUID) for ds in mine} < sop_uids:
+        raise TimeoutError(f"the PACS holds {len(mine)} of {len(sop_uids)} objects")
+    return mine
 
 
 @pytest.fixture(scope="module")

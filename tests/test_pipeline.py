@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -114,26 +113,21 @@ VARIANTS: dict[str, tuple[dict[str, object], Prepare, str, str]] = {
 
 
 def _results_of(pacs: StoreSCP, study_uid: str, n: int) -> dict[str, Dataset]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = [dcmread(p) for p in pacs.received()]
-        mine = {str(ds.Modality): ds for ds in found if ds.StudyInstanceUID == study_uid}
-        if len(mine) >= n:
-            return mine
-        time.sleep(0.1)
-    raise TimeoutError("results did not reach the PACS")
+    """The study's objects at the PACS by modality, once `n` modalities are there."""
+    found = pacs.study_objects(study_uid, lambda f: len({str(ds.Modality) for ds in f}) >= n)
+    mine = {str(ds.Modality): ds for ds in found}
+    if len(mine) < n:
+        raise TimeoutError("results did not reach the PACS")
+    return mine
 
 
 def _srs_of(pacs: StoreSCP, study_uid: str, n: int) -> list[Dataset]:
     """The first `n` SRs of the study the PACS received."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = [dcmread(p) for p in pacs.received()]
-        srs = [ds for ds in found if ds.StudyInstanceUID == study_uid and ds.Modality == "SR"]
-        if len(srs) >= n:
-            return srs
-        time.sleep(0.1)
-    raise TimeoutError("the SRs did not reach the PACS")
+    found = pacs.study_objects(study_uid, lambda f: sum(ds.Modality == "SR" for ds in f) >= n)
+    srs = [ds for ds in found if ds.Modality == "SR"]
+    if len(srs) < n:
+        raise TimeoutError("the SRs did not reach the PACS")
+    return srs
 
 
 def _skips_and_analysed(node: Node, job_id: int) -> tuple[list[Skip], set[str]]:

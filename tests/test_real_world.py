@@ -8,8 +8,7 @@ and SC passes dciodvfy; highdicom reads every SR; DCMTK dsrdump parses it."""
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,18 +122,6 @@ def dcmsend(path: Path, port: int) -> subprocess.CompletedProcess[str]:
     )
 
 
-def results_at(
-    pacs: StoreSCP, study_uid: str, want: Callable[[list[Dataset]], bool]
-) -> list[Dataset]:
-    """The objects of the study at the PACS, once `want` holds of them (30 s at most)."""
-    deadline = time.monotonic() + 30
-    while True:
-        found = [ds for ds in map(dcmread, pacs.received()) if ds.StudyInstanceUID == study_uid]
-        if want(found) or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_acknowledged_study_gets_an_sr(
     name: str, node: Node, pacs: StoreSCP, tmp_path: Path
@@ -149,7 +136,7 @@ def test_every_acknowledged_study_gets_an_sr(
     study_uid = str(source.StudyInstanceUID)
     job = wait_finished(node.sessions, study_uid, timeout=120)
     expected = 2 if case.outcome == ANALYSED else 1
-    received = results_at(pacs, study_uid, lambda found: len(found) >= expected)
+    received = pacs.study_objects(study_uid, lambda found: len(found) >= expected)
     [sr] = [ds for ds in received if ds.Modality == "SR"]
     scs = [ds for ds in received if ds.SOPClassUID == SecondaryCaptureImageStorage]
     assert dciodvfy_errors(sr, tmp_path) == []
@@ -208,5 +195,5 @@ def test_dcmtk_storescu_pushes_a_folder_with_a_gsps_and_a_kos(
         rows = session.scalars(select(Skip).where(Skip.job_id == job.id)).all()
         reasons = sorted(row.reason for row in rows)
     assert len(reasons) == 2 and all(r.startswith("not an image") for r in reasons)
-    received = results_at(pacs, str(pa.StudyInstanceUID), lambda found: len(found) >= 2)
+    received = pacs.study_objects(str(pa.StudyInstanceUID), lambda found: len(found) >= 2)
     assert sorted(ds.Modality for ds in received if ds.Modality == "SR") == ["SR"]

@@ -4,12 +4,11 @@ result names its model, and a new version of one model's result leaves the other
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
@@ -22,6 +21,7 @@ from dicom_node.testing import TINY_LABELS, node_settings, tiny_bundle
 from dicom_node.training.datasets import CXR14_LABELS
 from tests.conftest import chest_image
 from tests.peers import StoreSCP, storescu
+from tests.test_pipeline import _srs_of
 from tests.test_sr_content import named
 from tests.test_zoo import write_zoo_bundle
 
@@ -60,17 +60,6 @@ def test_a_bundle_states_the_images_it_serves(tmp_path: Path) -> None:
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
     with StoreSCP(tmp_path_factory.mktemp("pacs"), aet="PACS") as scp:
         yield scp
-
-
-def _srs(pacs: StoreSCP, study_uid: str, n: int) -> list[Dataset]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = [dcmread(p) for p in pacs.received()]
-        srs = [ds for ds in found if ds.StudyInstanceUID == study_uid and ds.Modality == "SR"]
-        if len(srs) >= n:
-            return srs
-        time.sleep(0.1)
-    raise TimeoutError("the SRs did not reach the PACS")
 
 
 def _model_of(sr: Dataset) -> str:
@@ -112,7 +101,7 @@ def test_each_model_reads_its_images_and_reports_them_in_its_own_sr(
         storescu(paths, port=node.port, aet=settings.ae_title)
         job = wait_finished(node.sessions, study_uid, timeout=60)
         assert job.state == "done", job.detail
-        srs = {_model_of(sr): sr for sr in _srs(pacs, study_uid, 2)}
+        srs = {_model_of(sr): sr for sr in _srs_of(pacs, study_uid, 2)}
         assert set(srs) == {"tiny", "cxr-lateral-resnet"}
         assert len(named(srs["tiny"], "125007")) == len(TINY_LABELS)
         assert len(named(srs["cxr-lateral-resnet"], "125007")) == len(CXR14_LABELS)

@@ -7,7 +7,6 @@ import copy
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from dicom_node.testing import node_settings
 from dicom_node.training.datasets import CXR14_LABELS as NIH_LABELS
 from tests.conftest import chest_image
 from tests.peers import StoreSCP, storescu
+from tests.test_pipeline import _results_of
 from tests.test_sr_content import named
 
 CPU = torch.device("cpu")
@@ -354,13 +354,8 @@ def test_a_resnet_zoo_bundle_serves_through_the_node(tmp_path: Path, pacs: Store
         storescu([path], port=node.port, aet=settings.ae_title)
         job = wait_finished(node.sessions, study_uid, timeout=60)
         assert job.state == "done", job.detail
-        deadline = time.monotonic() + 30
-        mine: dict[str, Any] = {}
-        while time.monotonic() < deadline and set(mine) != {"SR", "OT"}:
-            found = [dcmread(p) for p in pacs.received()]
-            mine = {str(ds.Modality): ds for ds in found if ds.StudyInstanceUID == study_uid}
-            time.sleep(0.1)
-    sr, sc = mine["SR"], mine["OT"]
+        results = _results_of(pacs, study_uid, 2)
+    sr, sc = results["SR"], results["OT"]
     groups = named(sr, "125007")  # TID 1501 measurement groups: one per finding
     assert len(groups) == len(NIH_LABELS)
     for group in groups:
