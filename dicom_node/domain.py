@@ -70,6 +70,21 @@ class Letterbox:
     size: int
     transposed: bool = False
 
+    @classmethod
+    def centred(
+        cls, *, size: int, height: int, width: int, scale: float, transposed: bool = False
+    ) -> Letterbox:
+        """An image of `height` x `width` pixels centred in the `size` x `size` canvas."""
+        return cls(
+            scale=scale,
+            pad_top=(size - height) // 2,
+            pad_left=(size - width) // 2,
+            height=height,
+            width=width,
+            size=size,
+            transposed=transposed,
+        )
+
     def __post_init__(self) -> None:
         inside = self.pad_top >= 0 and self.pad_top + self.height <= self.size
         inside = inside and self.pad_left >= 0 and self.pad_left + self.width <= self.size

@@ -267,7 +267,7 @@ class Node:
 
     @staticmethod
     def _close_services(services: Services) -> None:
-        for route in services.routes:
+        for route in services.models:
             route.batcher.close()
         if services.decode_pool is not None:
             services.decode_pool.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 
 import torch
 from sqlalchemy.engine import make_url
@@ -34,35 +33,24 @@ log = logging.getLogger(__name__)
 def build_services(
     settings: Settings, sessions: sessionmaker[Session], *, sender: Sender | None = None
 ) -> Services:
-    """Load and validate the model bundle and assemble what workers need."""
-    bundle, device = _load_model(settings)
+    """Load and validate the model bundles and assemble what workers need."""
+    first, device = _load_model(settings)
     max_batch = batch_size_for(device, settings.max_batch)
-    log.info(
-        "model %s %s on %s, batches of up to %d",
-        bundle.identity.name,
-        bundle.identity.version,
-        device,
-        max_batch,
-    )
-    more = tuple(
-        _route(path, settings, device, max_batch, [bundle.identity.name])
-        for path in settings.model_bundles
-    )
-    names = [bundle.identity.name, *(r.bundle.identity.name for r in more)]
+    bundles = [first, *(_load_bundle(p, "model_bundles") for p in settings.model_bundles)]
+    names = [bundle.identity.name for bundle in bundles]
     if len(set(names)) != len(names):
         raise StartupError(
             f"model bundles must have different names, got {names}: rename one in its "
             "configs/metadata.json"
         )
+    paths = [settings.model_bundle, *settings.model_bundles]
     return Services(
         settings=settings,
         sessions=sessions,
         spool=Spool(settings.spool_dir),
-        bundle=bundle,
-        batcher=BatchingClassifier(
-            _classifier(bundle, device, settings.model_bundle, max_batch),
-            max_batch=max_batch,
-            max_wait_ms=settings.max_wait_ms,
+        models=tuple(
+            _route(bundle, path, settings, device, max_batch, first=k == 0)
+            for k, (bundle, path) in enumerate(zip(bundles, paths, strict=True))
         ),
         sender=sender or default_sender(settings),
         decode_pool=(
@@ -70,21 +58,27 @@ def build_services(
             if settings.decode_processes
             else None
         ),
-        critical=critical_of(settings, bundle),
-        more_models=more,
     )
 
 
 def _route(
-    path: Path, settings: Settings, device: torch.device, max_batch: int, names: list[str]
+    bundle: Bundle,
+    path: Path,
+    settings: Settings,
+    device: torch.device,
+    max_batch: int,
+    *,
+    first: bool,
 ) -> ModelRoute:
-    """A further model: its bundle (and scope), classifier and the critical findings its
-    bundle lists (the site's critical_findings apply to the first model)."""
-    bundle = _load_bundle(path, "model_bundles")
+    """A model the node serves: its bundle (and scope), batching classifier and critical
+    findings (the site's critical_findings apply to the first model, the others use their
+    bundle's)."""
     log.info(
-        "model %s %s also serves %s",
+        "model %s %s on %s, batches of up to %d, reads %s",
         bundle.identity.name,
         bundle.identity.version,
+        device,
+        max_batch,
         bundle.scope.describe(),
     )
     return ModelRoute(
@@ -94,7 +88,7 @@ def _route(
             max_batch=max_batch,
             max_wait_ms=settings.max_wait_ms,
         ),
-        critical=MappingProxyType(dict(bundle.critical_findings)),
+        critical=critical_of(settings, bundle) if first else bundle.critical_findings,
     )
 
 

@@ -17,6 +17,7 @@ trunk's output (`explain.maps_from_features`).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,30 +48,38 @@ class Split:
     head: torch.nn.Sequential
 
 
-class _Call(torch.nn.Module):
-    """A module running some of another module's layers in their forward order."""
+def _resnet_trunk(net: Any, x: torch.Tensor) -> torch.Tensor:
+    x = net.act(net.bn1(net.conv1(x)))
+    if not net.no_max_pool:
+        x = net.maxpool(x)
+    out: torch.Tensor = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    return out
 
-    def __init__(self, network: torch.nn.Module, kind: str) -> None:
+
+def _senet_trunk(net: Any, x: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = net.features(x)
+    return out
+
+
+def _efficientnet_trunk(net: Any, x: torch.Tensor) -> torch.Tensor:
+    x = net._swish(net._bn0(net._conv_stem(net._conv_stem_padding(x))))
+    x = net._blocks(x)
+    out: torch.Tensor = net._swish(net._bn1(net._conv_head(net._conv_head_padding(x))))
+    return out
+
+
+class _Trunk(torch.nn.Module):
+    """A network's layers up to its last feature maps, in the order its `forward` runs them."""
+
+    def __init__(
+        self, network: torch.nn.Module, run: Callable[[Any, torch.Tensor], torch.Tensor]
+    ) -> None:
         super().__init__()
         self.network = network
-        self.kind = kind
+        self.run = run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        net: Any = self.network
-        if self.kind == "resnet":
-            x = net.act(net.bn1(net.conv1(x)))
-            if not net.no_max_pool:
-                x = net.maxpool(x)
-            out: torch.Tensor = net.layer4(net.layer3(net.layer2(net.layer1(x))))
-            return out
-        if self.kind == "senet":
-            out = net.features(x)
-            return out
-        # EfficientNetBN
-        x = net._swish(net._bn0(net._conv_stem(net._conv_stem_padding(x))))
-        x = net._blocks(x)
-        out = net._swish(net._bn1(net._conv_head(net._conv_head_padding(x))))
-        return out
+        return self.run(self.network, x)
 
 
 def _head(**layers: torch.nn.Module | None) -> torch.nn.Sequential:
@@ -88,12 +97,12 @@ def split(network: torch.nn.Module) -> Split:
         if network.fc is None:
             raise TypeError("a ResNet without its fully connected layer (feed_forward=False)")
         return Split(
-            trunk=_Call(network, "resnet"),
+            trunk=_Trunk(network, _resnet_trunk),
             head=_head(pool=network.avgpool, flatten=torch.nn.Flatten(), out=network.fc),
         )
     if isinstance(network, SENet):
         return Split(
-            trunk=_Call(network, "senet"),
+            trunk=_Trunk(network, _senet_trunk),
             head=_head(
                 pool=network.adaptive_avg_pool,
                 dropout=network.dropout,
@@ -103,7 +112,7 @@ def split(network: torch.nn.Module) -> Split:
         )
     if isinstance(network, EfficientNet):
         return Split(
-            trunk=_Call(network, "efficientnet"),
+            trunk=_Trunk(network, _efficientnet_trunk),
             head=_head(
                 pool=network._avg_pooling,
                 flatten=torch.nn.Flatten(),

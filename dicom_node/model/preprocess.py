@@ -244,14 +244,7 @@ def to_model_input(
     h, w = image.shape
     scale = size / max(h, w)
     nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
-    box = Letterbox(
-        scale=scale,
-        pad_top=(size - nh) // 2,
-        pad_left=(size - nw) // 2,
-        height=nh,
-        width=nw,
-        size=size,
-    )
+    box = Letterbox.centred(size=size, height=nh, width=nw, scale=scale)
     canvas = np.zeros((size, size), np.float32)
     canvas[box.pad_top : box.pad_top + nh, box.pad_left : box.pad_left + nw] = resize(
         image, (nh, nw)

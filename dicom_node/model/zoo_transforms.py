@@ -181,25 +181,12 @@ def _letterbox(pipeline: Pipeline, shape: tuple[int, ...]) -> Letterbox:
     h, w = int(shape[0]), int(shape[1])
     size = pipeline.size
     scale = size / max(h, w)
-    if not pipeline.letterbox:
-        return Letterbox(
-            scale=scale,
-            pad_top=0,
-            pad_left=0,
-            height=size,
-            width=size,
-            size=size,
-            transposed=pipeline.transpose,
-        )
-    nh, nw = round(h * scale), round(w * scale)  # as MONAI's Resize(size_mode=longest)
-    return Letterbox(
-        scale=scale,
-        pad_top=(size - nh) // 2,
-        pad_left=(size - nw) // 2,
-        height=nh,
-        width=nw,
-        size=size,
-        transposed=pipeline.transpose,
+    if pipeline.letterbox:  # as MONAI's Resize(size_mode=longest), then a centred pad
+        h, w = round(h * scale), round(w * scale)
+    else:  # stretched to the whole square
+        h = w = size
+    return Letterbox.centred(
+        size=size, height=h, width=w, scale=scale, transposed=pipeline.transpose
     )
 
 

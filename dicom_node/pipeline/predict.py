@@ -26,8 +26,9 @@ from dicom_node.domain import FindingResult, ImageResult, PreparedImage, SourceI
 from dicom_node.errors import PreprocessError
 from dicom_node.model.explain import Map, map_to_display, maps_from_features
 from dicom_node.model.preprocess import display_uint8, load_image_file, prepare
+from dicom_node.pipeline.routes import select_images
 from dicom_node.pipeline.run import Services, analyse, prepare_images
-from dicom_node.pipeline.selection import is_image, skip_reason
+from dicom_node.pipeline.selection import is_image
 from structured_reports.codes import Concept
 from structured_reports.overlay import render_overlay
 from structured_reports.results import ModelIdentity
@@ -86,7 +87,7 @@ def predict(services: Services, data: bytes, filename: str | None = None) -> Pre
             prepared = _prepare_dicom(services, path, name)
         else:
             prepared = _prepare_image(services, path, name)
-        [result] = analyse(services.routes[0], [prepared])
+        [result] = analyse(services.models[0], [prepared])
     return _prediction(services, kind, prepared, result)
 
 
@@ -100,14 +101,12 @@ def _prepare_dicom(services: Services, path: Path, name: str) -> PreparedImage:
     if not is_image(header):
         sop_class = getattr(header.get("SOPClassUID"), "name", None) or "unknown SOP class"
         raise UploadError(f"{name}: not an image ({sop_class})")
-    try:
-        reason = skip_reason(header, require_view_position=settings.require_view_position)
-    except (ValueError, TypeError) as exc:
-        reason = f"header: {exc}"
-    if reason is not None:
-        raise UploadError(f"{name}: not analysed: {reason}")
+    source = SourceImage(path=path, header=header)
+    _, not_read = select_images([source], settings.require_view_position, services.bundle.scope)
+    if not_read:
+        raise UploadError(f"{name}: not analysed: {not_read[0].reason}")
     prepared, skipped = prepare_images(
-        [SourceImage(path=path, header=header)],
+        [source],
         services.bundle,
         settings.sc_max_side,
         services.decode_pool,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from dicom_node.domain import JobOutcome, ModelScope, SkippedImage, SourceImage, StudyResult
 from dicom_node.model.batching import BatchingClassifier
 from dicom_node.model.bundle import Bundle
-from dicom_node.pipeline.selection import CXR_SCOPE, skip_reason
+from dicom_node.pipeline.selection import skip_reason
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -35,7 +35,7 @@ def model_label(bundle: Bundle) -> str:
 
 
 def select_images(
-    sources: list[SourceImage], require_view_position: bool, scope: ModelScope = CXR_SCOPE
+    sources: list[SourceImage], require_view_position: bool, scope: ModelScope
 ) -> tuple[list[SourceImage], list[SkippedImage]]:
     """The images a model of `scope` may read, and every other image with its reason."""
     eligible: list[SourceImage] = []

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,7 +45,7 @@ from dicom_node.pipeline.deliver import deliver
 from dicom_node.pipeline.dispatch import DeliveryLanes, schedule_of
 from dicom_node.pipeline.record import record_results
 from dicom_node.pipeline.results import JobContext, ResultFile, choose_results
-from dicom_node.pipeline.routes import ModelRoute, combine, model_label, route_images, summarise
+from dicom_node.pipeline.routes import ModelRoute, combine, route_images, summarise
 from dicom_node.pipeline.selection import is_image
 from dicom_node.settings import Settings
 from dicom_node.store.database import reading
@@ -59,35 +59,39 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
 class Services:
-    """What a worker needs, built once per process and passed explicitly. `bundle`, `batcher`
-    and `critical` are the first model's; `more_models` the others the node serves."""
+    """What a worker needs, built once per process and passed explicitly. `models`: every model
+    the node serves, the first one first (the REST API's predictions and a failed study's SR
+    are the first model's)."""
 
     settings: Settings
     sessions: sessionmaker[Session]
     spool: Spool
-    bundle: Bundle
+    models: tuple[ModelRoute, ...]
     sender: Sender
-    batcher: BatchingClassifier
     decode_pool: DecodePool | None = None  # None: decode in the worker thread
     lanes: DeliveryLanes | None = None  # None: the job sends its results itself
-    critical: Mapping[str, float] = field(default_factory=dict)  # critical findings in force
     notify_wake: threading.Event | None = None  # set once a job has planned notifications
-    more_models: tuple[ModelRoute, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("a worker needs at least one model")
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.models[0].bundle
+
+    @property
+    def batcher(self) -> BatchingClassifier:
+        return self.models[0].batcher
 
     @property
     def model_label(self) -> str:
-        return model_label(self.bundle)
+        return self.models[0].label
 
     @property
     def labels(self) -> tuple[str, ...]:
         """Every label some model reports, the first model's first."""
-        return tuple(dict.fromkeys(label for r in self.routes for label in r.bundle.labels))
-
-    @property
-    def routes(self) -> tuple[ModelRoute, ...]:
-        """Every model the node serves, the first model first."""
-        first = ModelRoute(bundle=self.bundle, batcher=self.batcher, critical=self.critical)
-        return (first, *self.more_models)
+        return tuple(dict.fromkeys(label for m in self.models for label in m.bundle.labels))
 
 
 def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:
@@ -95,7 +99,7 @@ def run_study(ctx: Services, job: ClaimedJob) -> JobOutcome:
     results (one SR per model); each stage is a plain function below."""
     sources = load_sources(ctx.sessions, job.study_instance_uid)
     images, others = separate_images(sources)
-    plan, skipped = route_images(images, ctx.routes, ctx.settings.require_view_position)
+    plan, skipped = route_images(images, ctx.models, ctx.settings.require_view_position)
     outcomes = []
     for k, (route, eligible) in enumerate(plan):
         with metrics.timed("decode"):
@@ -131,7 +135,7 @@ def report_failure(ctx: Services, job: ClaimedJob, reason: str) -> JobOutcome:
     analysed, with why. It replaces no earlier result."""
     images, others = separate_images(load_sources(ctx.sessions, job.study_instance_uid))
     skipped = [SkippedImage(source=s.header, reason=f"analysis failed: {reason}") for s in images]
-    return report(ctx, job, [], skipped, others, route=ctx.routes[0], failure=reason)
+    return report(ctx, job, [], skipped, others, route=ctx.models[0], failure=reason)
 
 
 def report(
